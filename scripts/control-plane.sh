@@ -1,0 +1,605 @@
+#!/usr/bin/env bash
+# control-plane.sh - a real etcd + kube-apiserver on 127.0.0.1 for end-to-end tests
+# (the envtest idea; see TESTING.md in the shared docs).
+#
+#   scripts/control-plane.sh install [apiserver|kubelet|all]   (default: apiserver)
+#       Idempotent. Installs etcd (Debian's etcd-server) and builds kube-apiserver and/or
+#       kubelet at the pinned KUBE_VERSION from the Go module proxy (fallback: Debian's
+#       kubernetes 1.20.2 source package). Binaries, Go module and build caches live under
+#       ${XDG_CACHE_HOME:-$HOME/.cache}/pullsecret-injector/ (stable paths: bin/kube-apiserver,
+#       bin/kubelet); a rerun with the cache in place takes seconds.
+#   scripts/control-plane.sh start DIR
+#       Starts etcd and kube-apiserver on free loopback ports, state/logs/pids in DIR (created
+#       if needed; every start begins with an empty cluster), waits for /readyz, and writes
+#       DIR/kubeconfig (admin) and DIR/env, a file of shell exports:
+#         KUBECONFIG, PSI_TEST_KUBECONFIG   DIR/kubeconfig
+#         PSI_TEST_APISERVER                https://127.0.0.1:PORT
+#         PSI_TEST_ADMIN_TOKEN              bearer token, group system:masters
+#         PSI_TEST_KUBE_VERSION             the server's gitVersion, e.g. v1.37.2
+#         PSI_TEST_CA_FILE                  PEM that verifies the API server's certificate
+#         PSI_TEST_ETCD_URL, PSI_TEST_DIR
+#       Logs: DIR/etcd.log, DIR/kube-apiserver.log; pids: DIR/etcd.pid, DIR/kube-apiserver.pid.
+#   scripts/control-plane.sh stop DIR
+#       Stops both (TERM, bounded wait, KILL). Safe to repeat and after a failed start.
+#   scripts/control-plane.sh env
+#       Prints exports for the cached binaries: PSI_KUBE_APISERVER, PSI_KUBELET, PSI_ETCD.
+#
+# Knobs: PSI_KUBE_VERSION (build another version), PSI_KUBE_SOURCE=auto|module|debian,
+#   PSI_KUBE_APISERVER / PSI_ETCD (binaries used by start), PSI_START_TIMEOUT (seconds, 60).
+# Progress and errors go to stderr, prefixed "control-plane:".
+set -euo pipefail
+
+# Newest k8s.io/kubernetes release that builds with Go 1.26 from the module proxy (checked
+# 2025: v1.37.2 is the newest release the proxy serves; it needs go >= 1.26.0).
+KUBE_VERSION=${PSI_KUBE_VERSION:-1.37.2}
+KUBE_SOURCE=${PSI_KUBE_SOURCE:-auto}
+DEBIAN_KUBE_VERSION=1.20.2
+DEBIAN_KUBE_PKG_VERSION=1.20.5+really1.20.2-1.1+deb12u1
+START_TIMEOUT=${PSI_START_TIMEOUT:-60}
+
+CACHE_DIR=${XDG_CACHE_HOME:-$HOME/.cache}/pullsecret-injector
+BIN_DIR=$CACHE_DIR/bin
+LOG_DIR=$CACHE_DIR/logs
+PORT_LOCK=${TMPDIR:-/tmp}/pullsecret-injector-control-plane.lock
+
+say() { printf 'control-plane: %s\n' "$*" >&2; }
+die() {
+    say "ERROR: $*"
+    exit 1
+}
+need() { command -v "$1" >/dev/null 2>&1 || die "'$1' is not installed${2:+ ($2)}"; }
+
+HEARTBEAT_PID=
+INSTALL_LOCKFD=
+RUN_TOTAL=
+START_DIR=
+START_DONE=0
+on_exit() {
+    local rc=$?
+    if [[ -n $HEARTBEAT_PID ]]; then kill "$HEARTBEAT_PID" 2>/dev/null || true; fi
+    if [[ -n $START_DIR && $START_DONE != 1 ]]; then
+        say "start failed; stopping what was started (logs stay in $START_DIR)"
+        stop_all "$START_DIR" || true
+    fi
+    exit "$rc"
+}
+trap on_exit EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# run_logged LABEL LOG CMD...: run CMD with its output in LOG, print a heartbeat every 30 s,
+# and print the log's tail if it fails.
+run_logged() {
+    local label=$1 log=$2 t0 rc=0
+    shift 2
+    t0=$(date +%s)
+    (
+        # Do not keep the install lock alive in a leftover sleep.
+        if [[ -n $INSTALL_LOCKFD ]]; then exec {INSTALL_LOCKFD}>&-; fi
+        n=0
+        while sleep 1; do
+            n=$((n + 1))
+            if ((n % 30 == 0)); then
+                say "  ... still $label: ${n}s, $(wc -l <"$log") lines in $log${RUN_TOTAL:+ (of $RUN_TOTAL packages; cached ones are not listed)}"
+            fi
+        done
+    ) &
+    HEARTBEAT_PID=$!
+    "$@" >"$log" 2>&1 || rc=$?
+    kill "$HEARTBEAT_PID" 2>/dev/null || true
+    wait "$HEARTBEAT_PID" 2>/dev/null || true
+    HEARTBEAT_PID=
+    if [[ $rc != 0 ]]; then
+        say "$label failed (exit $rc) after $(($(date +%s) - t0))s; last lines of $log:"
+        tail -n 25 "$log" | sed 's/^/    /' >&2
+        return "$rc"
+    fi
+    say "  done $label in $(($(date +%s) - t0))s"
+}
+
+# ---------------------------------------------------------------------------------------------
+# install
+
+apt_install() {
+    local missing=() p
+    for p in "$@"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+    done
+    [[ ${#missing[@]} == 0 ]] && return 0
+    [[ $(id -u) == 0 ]] || die "need root to apt-get install ${missing[*]} (or install them yourself)"
+    need apt-get
+    say "apt-get install ${missing[*]}"
+    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >"$LOG_DIR/apt.log" 2>&1; then
+        say "apt-get install failed; running apt-get update once and retrying"
+        apt-get update -q >>"$LOG_DIR/apt.log" 2>&1 || { tail -n 20 "$LOG_DIR/apt.log" >&2; die "apt-get update failed"; }
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >>"$LOG_DIR/apt.log" 2>&1 ||
+            { tail -n 20 "$LOG_DIR/apt.log" >&2; die "apt-get install ${missing[*]} failed (log: $LOG_DIR/apt.log)"; }
+    fi
+}
+
+install_etcd() {
+    if ! command -v etcd >/dev/null 2>&1; then
+        apt_install etcd-server
+    fi
+    need etcd "Debian package etcd-server"
+    # The package enables a service on the default ports; tests start their own etcd.
+    if command -v service >/dev/null 2>&1 && service etcd status >/dev/null 2>&1; then
+        say "stopping the packaged etcd service (tests run their own etcd)"
+        service etcd stop >/dev/null 2>&1 || say "WARNING: could not stop the packaged etcd service"
+    fi
+    say "etcd: $(etcd --version 2>/dev/null | head -n 1) ($(command -v etcd))"
+}
+
+find_go() {
+    if command -v go >/dev/null 2>&1; then
+        command -v go
+    elif [[ -x /usr/local/go/bin/go ]]; then
+        echo /usr/local/go/bin/go
+    else
+        return 1
+    fi
+}
+
+# Go settings for the module build: caches under CACHE_DIR (shared by reruns and CI), the
+# installed Go only (no toolchain download), static binaries.
+go_env() {
+    export GOMODCACHE=$CACHE_DIR/go/mod GOCACHE=$CACHE_DIR/go/build
+    export GOTOOLCHAIN=local GOWORK=off CGO_ENABLED=0 GOFLAGS="-modcacherw -buildvcs=false"
+}
+
+# build_module NAME: build k8s.io/kubernetes/cmd/NAME at KUBE_VERSION into kube-vX/NAME.
+build_module() {
+    local name=$1 v=$KUBE_VERSION go minor patch src json gomod godir staging s ldflags pkg
+    local dest=$CACHE_DIR/kube-v$v log=$LOG_DIR/build-kube-v$v-$name.log
+    go=$(find_go) || { say "no Go toolchain found (go on PATH or /usr/local/go/bin/go)"; return 1; }
+    go_env
+    minor=${v#*.}
+    minor=${minor%%.*}
+    patch=${v##*.}
+    src=$CACHE_DIR/src/kube-v$v
+    mkdir -p "$src" "$dest"
+    say "building $name v$v from the Go module proxy with $("$go" version | cut -d' ' -f3)"
+
+    # kubernetes' go.mod requires its staging modules at v0.0.0 (which the proxy does not have)
+    # and replaces them with ./staging paths that only exist in its own tree: the published
+    # copies are k8s.io/<name> v0.<minor>.<patch>.
+    json=$(cd / && "$go" mod download -json "k8s.io/kubernetes@v$v" 2>&1) || {
+        printf '%s\n' "$json" | sed 's/^/    /' >&2
+        say "go mod download k8s.io/kubernetes@v$v failed"
+        return 1
+    }
+    gomod=$(printf '%s\n' "$json" | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",\{0,1\}$/\1/p')
+    [[ -f $gomod ]] || { say "no go.mod for k8s.io/kubernetes@v$v in: $json"; return 1; }
+    mapfile -t staging < <(sed -nE 's#^[[:space:]]*(require[[:space:]]+)?(k8s\.io/[^[:space:]]+)[[:space:]]+v0\.0\.0([[:space:]].*)?$#\2#p' "$gomod" | sort -u)
+    [[ ${#staging[@]} -gt 0 ]] || { say "found no k8s.io/... v0.0.0 requirements in $gomod"; return 1; }
+    godir=$(sed -nE 's/^go ([0-9.]+)[[:space:]]*$/\1/p' "$gomod" | head -n 1)
+    {
+        echo "// generated by scripts/control-plane.sh: builds k8s.io/kubernetes binaries"
+        echo "module psi.local/kube-build"
+        echo
+        echo "go ${godir:-1.26.0}"
+        echo
+        echo "require k8s.io/kubernetes v$v"
+        echo
+        echo "replace ("
+        for s in "${staging[@]}"; do echo "	$s => $s v0.$minor.$patch"; done
+        echo ")"
+    } >"$src/go.mod"
+    say "  scratch module $src: k8s.io/kubernetes v$v, ${#staging[@]} staging modules -> v0.$minor.$patch"
+
+    pkg=k8s.io/kubernetes/cmd/$name
+    say "  resolving and downloading modules for $name (cold: a few minutes)"
+    cd "$src"
+    run_logged "downloading modules for $name" "$log.deps" \
+        "$go" list -mod=mod -deps -f '{{.ImportPath}}' "$pkg" || return 1
+    say "  compiling $name (cold: 5-15 minutes on 2 cores; warm: seconds)"
+    ldflags="-s -w"
+    for s in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+        ldflags+=" -X $s.gitVersion=v$v -X $s.gitMajor=1 -X $s.gitMinor=$minor"
+        ldflags+=" -X $s.gitTreeState=clean -X $s.buildDate=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    done
+    RUN_TOTAL=$(grep -vc '^go: ' "$log.deps" || true)
+    run_logged "compiling $name" "$log" \
+        "$go" build -mod=mod -v -ldflags "$ldflags" -o "$dest/.$name.tmp" "$pkg" || { RUN_TOTAL=; return 1; }
+    RUN_TOTAL=
+    check_binary "$dest/.$name.tmp" "v$v" >/dev/null || return 1
+    mv -f "$dest/.$name.tmp" "$dest/$name"
+    printf 'v%s\nsource: k8s.io/kubernetes@v%s from the Go module proxy, %s\n' \
+        "$v" "$v" "$("$go" version | cut -d' ' -f3)" >"$dest/VERSION"
+}
+
+# check_binary FILE [EXPECTED_VERSION]: FILE runs and reports the expected version.
+check_binary() {
+    local out
+    out=$("$1" --version 2>&1) || { say "$1 --version failed: $out"; return 1; }
+    if [[ -n ${2:-} && $out != *" $2" ]]; then
+        say "$1 --version says '$out', expected $2"
+        return 1
+    fi
+    echo "$out"
+}
+
+ensure_deb_src() {
+    if apt-cache showsrc kubernetes 2>/dev/null | grep -q '^Package: kubernetes'; then return 0; fi
+    say "adding a deb-src entry for bookworm (/etc/apt/sources.list.d/pullsecret-injector-src.sources)"
+    cat >/etc/apt/sources.list.d/pullsecret-injector-src.sources <<'EOF'
+Types: deb-src
+URIs: http://deb.debian.org/debian
+Suites: bookworm bookworm-updates
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb-src
+URIs: http://deb.debian.org/debian-security
+Suites: bookworm-security
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+EOF
+    apt-get update -q >>"$LOG_DIR/apt.log" 2>&1 || die "apt-get update failed (log: $LOG_DIR/apt.log)"
+}
+
+# build_debian NAME: way 2, kubernetes 1.20.2 from Debian's source package (full tree with
+# vendor/), built with Debian's Go 1.19; reflect2 swapped for 1.0.2 (1.0.1 crashes on Go >= 1.18).
+build_debian() {
+    local name=$1 v=$DEBIAN_KUBE_VERSION work tree top home vfile
+    local dest=$CACHE_DIR/kube-v$v-debian log=$LOG_DIR/build-kube-v$v-debian-$name.log
+    [[ $(id -u) == 0 ]] || die "the Debian fallback needs root (apt-get)"
+    say "building $name v$v from Debian's kubernetes source package (fallback)"
+    apt_install golang-1.19-go rsync make golang-github-modern-go-reflect2-dev
+    work=$CACHE_DIR/src/debian-kubernetes-$v
+    mkdir -p "$work" "$dest"
+    tree=$(find "$work" -mindepth 1 -maxdepth 1 -type d -name 'kubernetes-*' | head -n 1)
+    if [[ -z $tree || ! -f $tree/.psi-prepared ]]; then
+        ensure_deb_src
+        say "  downloading the source package (~34 MB)"
+        (cd "$work" && { apt-get source -q --download-only "kubernetes=$DEBIAN_KUBE_PKG_VERSION" ||
+            apt-get source -q --download-only kubernetes; } >>"$LOG_DIR/apt.log" 2>&1) ||
+            die "apt-get source kubernetes failed (log: $LOG_DIR/apt.log)"
+        local tarball
+        tarball=$(find "$work" -maxdepth 1 -name 'kubernetes_*.orig.tar.gz' | head -n 1)
+        [[ -n $tarball ]] || die "no kubernetes_*.orig.tar.gz in $work"
+        top=$(tar tzf "$tarball" | head -n 1 | cut -d/ -f1)
+        rm -rf "${work:?}/$top"
+        tar xzf "$tarball" -C "$work"
+        tree=$work/$top
+        rsync -a --delete --exclude='*_test.go' /usr/share/gocode/src/github.com/modern-go/reflect2/ \
+            "$tree/vendor/github.com/modern-go/reflect2/"
+        mkdir -p "$tree/.go/src/k8s.io"
+        ln -sfn ../../.. "$tree/.go/src/k8s.io/kubernetes"
+        touch "$tree/.psi-prepared"
+    fi
+    vfile=$tree/.psi-version
+    printf "KUBE_GIT_VERSION='v%s'\nKUBE_GIT_MAJOR='1'\nKUBE_GIT_MINOR='%s'\nKUBE_GIT_TREE_STATE='clean'\n" \
+        "$v" "$(echo "$v" | cut -d. -f2)" >"$vfile"
+    home=$(mktemp -d)
+    cd "$tree"
+    run_logged "compiling $name (Debian source, Go 1.19)" "$log" \
+        env -u GOFLAGS -u GOTOOLCHAIN -u GOMODCACHE PATH="/usr/lib/go-1.19/bin:$PATH" \
+        GOPATH="$tree/.go" HOME="$home" GOCACHE="$CACHE_DIR/go/build-go1.19" CGO_ENABLED=0 \
+        KUBE_GIT_VERSION_FILE="$vfile" make WHAT="cmd/$name" || { rm -rf "$home"; return 1; }
+    rm -rf "$home"
+    check_binary "$tree/_output/local/bin/linux/amd64/$name" "v$v" >/dev/null || return 1
+    cp -f "$tree/_output/local/bin/linux/amd64/$name" "$dest/.$name.tmp"
+    mv -f "$dest/.$name.tmp" "$dest/$name"
+    printf 'v%s\nsource: Debian source package kubernetes %s, Go 1.19\n' "$v" "$DEBIAN_KUBE_PKG_VERSION" >"$dest/VERSION"
+}
+
+# install_kube NAME: make BIN_DIR/NAME point at a working NAME, building it if not cached.
+install_kube() {
+    local name=$1 mod=$CACHE_DIR/kube-v$KUBE_VERSION deb=$CACHE_DIR/kube-v$DEBIAN_KUBE_VERSION-debian dir=
+    if [[ $KUBE_SOURCE != debian ]]; then
+        if [[ -x $mod/$name ]] && check_binary "$mod/$name" "v$KUBE_VERSION" >/dev/null; then
+            say "$name v$KUBE_VERSION: cached in $mod"
+            dir=$mod
+        elif [[ -f $mod/.failed-$name && $KUBE_SOURCE == auto && -x $deb/$name ]]; then
+            say "$name v$KUBE_VERSION failed to build before ($(cat "$mod/.failed-$name"));" \
+                "using the cached Debian build (remove $mod/.failed-$name to retry)"
+        elif build_module "$name"; then
+            rm -f "$mod/.failed-$name"
+            dir=$mod
+        else
+            mkdir -p "$mod"
+            echo "see $LOG_DIR/build-kube-v$KUBE_VERSION-$name.log*" >"$mod/.failed-$name"
+            [[ $KUBE_SOURCE == auto ]] || die "building $name v$KUBE_VERSION from the module proxy failed"
+            say "building $name v$KUBE_VERSION from the module proxy FAILED; falling back to Debian's $DEBIAN_KUBE_VERSION"
+        fi
+    fi
+    if [[ -z $dir ]]; then
+        if [[ -x $deb/$name ]] && check_binary "$deb/$name" "v$DEBIAN_KUBE_VERSION" >/dev/null; then
+            say "$name v$DEBIAN_KUBE_VERSION (Debian): cached in $deb"
+        else
+            build_debian "$name" || die "building $name from Debian's source package failed too"
+        fi
+        dir=$deb
+    fi
+    mkdir -p "$BIN_DIR"
+    ln -sfn "../$(basename "$dir")/$name" "$BIN_DIR/$name"
+    say "$name: $("$BIN_DIR/$name" --version 2>&1) -> $BIN_DIR/$name"
+}
+
+cmd_install() {
+    local what=${1:-apiserver} t0
+    case $what in apiserver | kubelet | all) ;; *) die "install: unknown target '$what' (apiserver|kubelet|all)" ;; esac
+    case $KUBE_SOURCE in auto | module | debian) ;; *) die "PSI_KUBE_SOURCE must be auto, module or debian" ;; esac
+    t0=$(date +%s)
+    mkdir -p "$CACHE_DIR" "$LOG_DIR"
+    exec {INSTALL_LOCKFD}>>"$CACHE_DIR/install.lock"
+    flock -n "$INSTALL_LOCKFD" || {
+        say "another install holds $CACHE_DIR/install.lock; waiting (up to 60 min)"
+        flock -w 3600 "$INSTALL_LOCKFD" || die "timed out waiting for the other install"
+    }
+    say "cache: $CACHE_DIR"
+    if [[ $what != kubelet ]]; then
+        install_etcd
+        install_kube kube-apiserver
+    fi
+    if [[ $what != apiserver ]]; then install_kube kubelet; fi
+    say "install done in $(($(date +%s) - t0))s"
+}
+
+cmd_env() {
+    local etcd_bin rc=0
+    etcd_bin=$(command -v etcd || true)
+    if [[ -n $etcd_bin ]]; then
+        printf 'export PSI_ETCD=%q\n' "$etcd_bin"
+    else
+        say "etcd is not installed"
+        rc=1
+    fi
+    if [[ -x $BIN_DIR/kube-apiserver ]]; then
+        printf 'export PSI_KUBE_APISERVER=%q\n' "$BIN_DIR/kube-apiserver"
+    else
+        say "kube-apiserver is not installed"
+        rc=1
+    fi
+    if [[ -x $BIN_DIR/kubelet ]]; then printf 'export PSI_KUBELET=%q\n' "$BIN_DIR/kubelet"; fi
+    ((rc == 0)) || say "run: scripts/control-plane.sh install"
+    return "$rc"
+}
+
+# ---------------------------------------------------------------------------------------------
+# start / stop
+
+# is_running PIDFILE NAME: the pid in PIDFILE is a live (not zombie) process running NAME
+# (argv[0], or argv[1] for a wrapper script), so a recycled pid is never killed.
+is_running() {
+    local pid arg
+    [[ -f $1 ]] || return 1
+    pid=$(cat "$1" 2>/dev/null) || return 1
+    [[ $pid =~ ^[0-9]+$ ]] || return 1
+    kill -0 "$pid" 2>/dev/null || return 1
+    [[ -r /proc/$pid/cmdline ]] || return 0
+    while IFS= read -r arg; do
+        [[ ${arg##*/} == "$2" ]] && return 0
+    done < <(tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | head -n 2)
+    return 1
+}
+
+stop_one() {
+    local dir=$1 name=$2 pidfile pid i
+    pidfile=$dir/$name.pid
+    [[ -f $pidfile ]] || return 0
+    if is_running "$pidfile" "$name"; then
+        pid=$(cat "$pidfile")
+        say "stopping $name (pid $pid)"
+        kill -TERM "$pid" 2>/dev/null || true
+        for ((i = 0; i < 150; i++)); do
+            is_running "$pidfile" "$name" || break
+            sleep 0.1
+        done
+        if is_running "$pidfile" "$name"; then
+            say "$name (pid $pid) did not exit within 15 s of SIGTERM; sending SIGKILL"
+            kill -KILL "$pid" 2>/dev/null || true
+            for ((i = 0; i < 50; i++)); do
+                is_running "$pidfile" "$name" || break
+                sleep 0.1
+            done
+            is_running "$pidfile" "$name" && die "$name (pid $pid) survived SIGKILL"
+        fi
+    fi
+    rm -f "$pidfile"
+}
+
+stop_all() {
+    stop_one "$1" kube-apiserver
+    stop_one "$1" etcd
+}
+
+cmd_stop() {
+    [[ -n ${1:-} ]] || die "usage: scripts/control-plane.sh stop DIR"
+    local dir=$1
+    [[ -d $dir ]] || { say "$dir does not exist; nothing to stop"; return 0; }
+    stop_all "$dir"
+    say "stopped ($dir)"
+}
+
+# free_ports N: N distinct free TCP ports on 127.0.0.1 (all bound at once, then released).
+free_ports() {
+    python3 - "$1" <<'EOF'
+import socket, sys
+socks = []
+for _ in range(int(sys.argv[1])):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    socks.append(s)
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+EOF
+}
+
+# launch NAME DIR LOCKFD CMD...: start CMD detached (own session), output to DIR/NAME.log.
+launch() {
+    local name=$1 dir=$2 fd=$3
+    shift 3
+    if [[ -n $fd ]]; then
+        setsid "$@" </dev/null >>"$dir/$name.log" 2>&1 {fd}>&- &
+    else
+        setsid "$@" </dev/null >>"$dir/$name.log" 2>&1 &
+    fi
+    echo $! >"$dir/$name.pid"
+}
+
+# wait_for_log NAME DIR PATTERN TIMEOUT: until DIR/NAME.log has PATTERN while NAME runs.
+# Returns 2 if NAME died of a port conflict, 1 on other failures.
+wait_for_log() {
+    local name=$1 dir=$2 pattern=$3 deadline=$((SECONDS + $4))
+    while ! grep -qF -- "$pattern" "$dir/$name.log"; do
+        if ! is_running "$dir/$name.pid" "$name"; then
+            if grep -q 'address already in use' "$dir/$name.log"; then return 2; fi
+            say "$name exited during startup; last lines of $dir/$name.log:"
+            tail -n 25 "$dir/$name.log" | sed 's/^/    /' >&2
+            return 1
+        fi
+        if ((SECONDS >= deadline)); then
+            say "$name: no '$pattern' in its log after $4 s; last lines of $dir/$name.log:"
+            tail -n 25 "$dir/$name.log" | sed 's/^/    /' >&2
+            return 1
+        fi
+        sleep 0.2
+    done
+}
+
+cmd_start() {
+    [[ -n ${1:-} ]] || die "usage: scripts/control-plane.sh start DIR"
+    local dir=$1 etcd_bin apiserver token ep pp ap
+    local attempt rc lockfd='' t0=$SECONDS deadline out version url
+    need python3
+    need openssl
+    need curl
+    etcd_bin=${PSI_ETCD:-$(command -v etcd || true)}
+    [[ -n $etcd_bin && -x $etcd_bin ]] || die "etcd not found: run scripts/control-plane.sh install"
+    apiserver=${PSI_KUBE_APISERVER:-$BIN_DIR/kube-apiserver}
+    [[ -x $apiserver ]] || die "kube-apiserver not found at $apiserver: run scripts/control-plane.sh install"
+    mkdir -p "$dir"
+    dir=$(cd "$dir" && pwd -P)
+    if is_running "$dir/etcd.pid" etcd || is_running "$dir/kube-apiserver.pid" kube-apiserver; then
+        die "a control plane is already running in $dir (scripts/control-plane.sh stop $dir)"
+    fi
+    START_DIR=$dir
+
+    # Fresh state every time.
+    rm -rf "${dir:?}/etcd" "$dir/certs"
+    rm -f "$dir"/{etcd,kube-apiserver}.pid "$dir"/{kubeconfig,env,tokens.csv,sa.key,sa.pub}
+    : >"$dir/etcd.log"
+    : >"$dir/kube-apiserver.log"
+    (
+        umask 077
+        token=$(openssl rand -hex 32)
+        echo "$token,admin,admin,system:masters" >"$dir/tokens.csv"
+        openssl genrsa -out "$dir/sa.key" 2048 2>/dev/null
+        openssl rsa -in "$dir/sa.key" -pubout -out "$dir/sa.pub" 2>/dev/null
+    ) || die "generating the token file and service-account keys with openssl failed"
+    token=$(cut -d, -f1 "$dir/tokens.csv")
+
+    for attempt in 1 2 3; do
+        # Serialise port picking with other runs of this script until our servers hold their
+        # ports; a collision with anything else shows up as "address already in use": retry.
+        lockfd=
+        if (umask 000 && : >>"$PORT_LOCK") 2>/dev/null && exec {lockfd}>>"$PORT_LOCK"; then
+            flock -w 120 "$lockfd" || die "timed out waiting for $PORT_LOCK"
+        else
+            say "WARNING: cannot use $PORT_LOCK; relying on bind checks only"
+            lockfd=
+        fi
+        read -r ep pp ap <<<"$(free_ports 3)"
+        say "starting etcd on 127.0.0.1:$ep (peer $pp)"
+        launch etcd "$dir" "$lockfd" "$etcd_bin" --name psi --data-dir "$dir/etcd" \
+            --listen-client-urls "http://127.0.0.1:$ep" --advertise-client-urls "http://127.0.0.1:$ep" \
+            --listen-peer-urls "http://127.0.0.1:$pp" --initial-advertise-peer-urls "http://127.0.0.1:$pp" \
+            --initial-cluster "psi=http://127.0.0.1:$pp" --initial-cluster-token "psi-$ep-$$" \
+            --initial-cluster-state new
+        rc=0
+        wait_for_log etcd "$dir" "serving insecure client requests on 127.0.0.1:$ep" 30 || rc=$?
+        if ((rc == 0)); then
+            say "starting kube-apiserver on 127.0.0.1:$ap"
+            launch kube-apiserver "$dir" "$lockfd" "$apiserver" \
+                --etcd-servers="http://127.0.0.1:$ep" \
+                --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$ap" \
+                --cert-dir="$dir/certs" \
+                --token-auth-file="$dir/tokens.csv" --authorization-mode=RBAC \
+                --service-account-issuer=https://kubernetes.default.svc \
+                --service-account-key-file="$dir/sa.pub" \
+                --service-account-signing-key-file="$dir/sa.key" \
+                --service-cluster-ip-range=10.0.0.0/24 --endpoint-reconciler-type=none
+            wait_for_log kube-apiserver "$dir" "Serving securely on 127.0.0.1:$ap" "$START_TIMEOUT" || rc=$?
+        fi
+        if [[ -n $lockfd ]]; then exec {lockfd}>&-; fi
+        ((rc == 0)) && break
+        ((rc == 2 && attempt < 3)) || die "could not start the control plane in $dir"
+        say "port conflict (address already in use); retrying with other ports"
+        stop_all "$dir"
+        rm -rf "${dir:?}/etcd" "$dir/certs"
+    done
+
+    url=https://127.0.0.1:$ap
+    deadline=$((t0 + START_TIMEOUT))
+    until out=$(curl -sS -k --max-time 5 -H "Authorization: Bearer $token" "$url/readyz" 2>&1) && [[ $out == ok ]]; do
+        is_running "$dir/kube-apiserver.pid" kube-apiserver || {
+            tail -n 25 "$dir/kube-apiserver.log" | sed 's/^/    /' >&2
+            die "kube-apiserver exited before it became ready"
+        }
+        if ((SECONDS >= deadline)); then
+            say "last /readyz answer: $out"
+            tail -n 25 "$dir/kube-apiserver.log" | sed 's/^/    /' >&2
+            die "kube-apiserver not ready after $START_TIMEOUT s (PSI_START_TIMEOUT); log: $dir/kube-apiserver.log"
+        fi
+        sleep 0.5
+    done
+
+    # From here on TLS is verified with the API server's own certificate (+ its CA).
+    [[ -s $dir/certs/apiserver.crt ]] || die "kube-apiserver wrote no $dir/certs/apiserver.crt"
+    out=$(curl -sS --max-time 5 --cacert "$dir/certs/apiserver.crt" -H "Authorization: Bearer $token" \
+        "$url/version" 2>&1) || die "TLS check with $dir/certs/apiserver.crt failed: $out"
+    version=$(printf '%s' "$out" | python3 -c 'import json,sys; print(json.load(sys.stdin)["gitVersion"])') ||
+        die "unexpected /version answer: $out"
+
+    (
+        umask 077
+        cat >"$dir/kubeconfig" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: psi-test
+  cluster:
+    server: $url
+    certificate-authority-data: $(base64 -w0 <"$dir/certs/apiserver.crt")
+users:
+- name: admin
+  user:
+    token: $token
+contexts:
+- name: psi-test
+  context:
+    cluster: psi-test
+    user: admin
+current-context: psi-test
+EOF
+        {
+            echo "# written by scripts/control-plane.sh start; stop with: scripts/control-plane.sh stop $dir"
+            printf 'export KUBECONFIG=%q\n' "$dir/kubeconfig"
+            printf 'export PSI_TEST_KUBECONFIG=%q\n' "$dir/kubeconfig"
+            printf 'export PSI_TEST_APISERVER=%q\n' "$url"
+            printf 'export PSI_TEST_ADMIN_TOKEN=%q\n' "$token"
+            printf 'export PSI_TEST_KUBE_VERSION=%q\n' "$version"
+            printf 'export PSI_TEST_CA_FILE=%q\n' "$dir/certs/apiserver.crt"
+            printf 'export PSI_TEST_ETCD_URL=%q\n' "http://127.0.0.1:$ep"
+            printf 'export PSI_TEST_DIR=%q\n' "$dir"
+        } >"$dir/env"
+    )
+    START_DONE=1
+    say "ready in $((SECONDS - t0))s: kube-apiserver $version at $url (etcd 127.0.0.1:$ep)"
+    say "  source $dir/env   # KUBECONFIG, PSI_TEST_*; stop: scripts/control-plane.sh stop $dir"
+}
+
+usage() {
+    sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2
+    exit 2
+}
+
+case ${1:-} in
+install) shift && cmd_install "$@" ;;
+start) shift && cmd_start "$@" ;;
+stop) shift && cmd_stop "$@" ;;
+env) shift && cmd_env ;;
+-h | --help | help) usage ;;
+*) usage ;;
+esac

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The project's test command (README: "Test it"); .ci/run calls exactly this.
+#
+# Runs, in order: rustfmt check, clippy (-D warnings), then every test: unit, integration
+# and the end-to-end tests against a real etcd + kube-apiserver on loopback, which this
+# script installs/builds (cached under ${XDG_CACHE_HOME:-$HOME/.cache}/pullsecret-injector),
+# starts on free ports, and stops on exit. Fails loudly when anything is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n== %s (%s)\n' "$*" "$(date -u +%H:%M:%S)"; }
+need() { command -v "$1" >/dev/null 2>&1 || { echo "scripts/test.sh: $1 not found: $2" >&2; exit 1; }; }
+
+need cargo "install Rust (stable) with rustup"
+need kubectl "kubectl is needed by the end-to-end tests"
+if ! command -v openssl >/dev/null 2>&1; then
+  step "installing openssl"
+  apt-get update -qq && apt-get install -y -qq openssl >/dev/null
+fi
+
+step "rustfmt"
+cargo fmt --all -- --check
+
+step "clippy"
+cargo clippy --locked --all-targets -- -D warnings
+
+step "control plane: install (cached after the first run)"
+scripts/control-plane.sh install
+
+cp_dir=$(mktemp -d /tmp/psi-cp.XXXXXX)
+cleanup() { scripts/control-plane.sh stop "$cp_dir" || true; rm -rf "$cp_dir"; }
+trap cleanup EXIT
+step "control plane: start"
+scripts/control-plane.sh start "$cp_dir"
+# shellcheck disable=SC1091
+source "$cp_dir/env"
+echo "kube-apiserver ${PSI_TEST_KUBE_VERSION:-?} at ${PSI_TEST_APISERVER:-?}"
+
+step "tests (unit, integration, end-to-end)"
+cargo test --locked -- --include-ignored

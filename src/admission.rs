@@ -1,0 +1,434 @@
+//! AdmissionReview (admission.k8s.io/v1) in and out.
+//!
+//! The request is decoded into a borrowed view: the envelope fields we need, and the object
+//! as raw JSON that is decoded as a [`PodView`] only when the request is a Pod CREATE. The
+//! response is written by hand-shaped structs so that `patch` is the documented base64 string
+//! (kube-core's `with_patch` serialises bytes as a number array, kube-rs issue 1781).
+//!
+//! Anything that parses as a v1 AdmissionReview with a `uid` gets an answer that echoes the
+//! uid and allows the request; a Pod that cannot be read is allowed unchanged (an injector
+//! must never be the reason a Pod is refused). Anything else is a [`ReviewError`] (HTTP 400).
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::metrics::{Metrics, Outcome};
+use crate::mutate::{Decision, PodView, plan};
+use crate::registry::Registries;
+
+/// The only review version we speak (the webhook registers `admissionReviewVersions: [v1]`).
+pub const API_VERSION: &str = "admission.k8s.io/v1";
+/// Audit annotation key; the API server prefixes it with the webhook name.
+pub const AUDIT_ANNOTATION: &str = "injected-image-pull-secrets";
+
+/// Why a body is not an AdmissionReview we can answer (HTTP 400).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ReviewError {
+    /// Not JSON, or JSON of the wrong shape for an AdmissionReview.
+    #[error("body is not an AdmissionReview: {0}")]
+    Malformed(String),
+    /// Another apiVersion or kind.
+    #[error("expected apiVersion {API_VERSION} kind AdmissionReview, got {api_version:?} {kind:?}")]
+    WrongType {
+        /// What was sent.
+        api_version: String,
+        /// What was sent.
+        kind: String,
+    },
+    /// No `request` object.
+    #[error("AdmissionReview has no request")]
+    NoRequest,
+    /// No `request.uid` to echo.
+    #[error("AdmissionReview request has no uid")]
+    NoUid,
+}
+
+#[derive(Deserialize)]
+struct ReviewIn<'a> {
+    #[serde(rename = "apiVersion", borrow)]
+    api_version: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    request: Option<RequestIn<'a>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RequestIn<'a> {
+    #[serde(borrow)]
+    uid: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    resource: Option<GroupVersionResource<'a>>,
+    #[serde(borrow, default)]
+    sub_resource: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    namespace: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    operation: Option<Cow<'a, str>>,
+    #[serde(default)]
+    dry_run: Option<bool>,
+    #[serde(borrow, default)]
+    object: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct GroupVersionResource<'a> {
+    #[serde(borrow, default)]
+    group: Cow<'a, str>,
+    #[serde(borrow, default)]
+    version: Cow<'a, str>,
+    #[serde(borrow, default)]
+    resource: Cow<'a, str>,
+}
+
+#[derive(Serialize)]
+struct ReviewOut<'a> {
+    #[serde(rename = "apiVersion")]
+    api_version: &'static str,
+    kind: &'static str,
+    response: ResponseOut<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ResponseOut<'a> {
+    uid: &'a str,
+    allowed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch_type: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    audit_annotations: Option<BTreeMap<&'static str, String>>,
+}
+
+/// The answer to one review.
+#[derive(Debug)]
+pub struct Reviewed {
+    /// The AdmissionReview JSON to send with HTTP 200.
+    pub body: Vec<u8>,
+    /// How the review was decided (also counted in metrics).
+    pub outcome: Outcome,
+    /// Secret names added (empty unless `outcome` is `Injected`).
+    pub secrets: Vec<String>,
+}
+
+/// Answers admission reviews; shared by every connection.
+#[derive(Debug, Clone)]
+pub struct Admission {
+    registries: Registries,
+    opt_out_annotation: String,
+    metrics: Metrics,
+}
+
+impl Admission {
+    /// A handler for these registries.
+    pub fn new(registries: Registries, opt_out_annotation: String, metrics: Metrics) -> Self {
+        Self {
+            registries,
+            opt_out_annotation,
+            metrics,
+        }
+    }
+
+    /// Review one request body: count it, time it, and log the decision.
+    pub fn handle(&self, body: &[u8]) -> Result<Reviewed, ReviewError> {
+        let start = Instant::now();
+        let result = self.review(body);
+        let outcome = match &result {
+            Ok(r) => r.outcome,
+            Err(e) => {
+                tracing::debug!(error = %e, "rejected admission request body");
+                Outcome::Invalid
+            }
+        };
+        self.metrics
+            .observe_admission(outcome, start.elapsed().as_secs_f64());
+        result
+    }
+
+    /// Review one request body without side effects other than logging.
+    pub fn review(&self, body: &[u8]) -> Result<Reviewed, ReviewError> {
+        let review: ReviewIn<'_> =
+            serde_json::from_slice(body).map_err(|e| ReviewError::Malformed(e.to_string()))?;
+        let api_version = review.api_version.as_deref().unwrap_or_default();
+        let kind = review.kind.as_deref().unwrap_or_default();
+        if api_version != API_VERSION || kind != "AdmissionReview" {
+            return Err(ReviewError::WrongType {
+                api_version: api_version.to_string(),
+                kind: kind.to_string(),
+            });
+        }
+        let request = review.request.ok_or(ReviewError::NoRequest)?;
+        let uid = request.uid.as_deref().ok_or(ReviewError::NoUid)?;
+        if uid.is_empty() {
+            return Err(ReviewError::NoUid);
+        }
+        let namespace = request.namespace.as_deref().unwrap_or_default();
+
+        let is_pod_create = request
+            .resource
+            .as_ref()
+            .is_some_and(|r| r.group.is_empty() && r.version == "v1" && r.resource == "pods")
+            && request
+                .sub_resource
+                .as_deref()
+                .unwrap_or_default()
+                .is_empty()
+            && request.operation.as_deref() == Some("CREATE");
+        if !is_pod_create {
+            return Ok(self.allow(uid, Outcome::Skipped));
+        }
+
+        let Some(object) = request.object.filter(|o| o.get() != "null") else {
+            tracing::warn!(
+                uid,
+                namespace,
+                "Pod CREATE without an object; allowed unchanged"
+            );
+            return Ok(self.allow(uid, Outcome::Invalid));
+        };
+        let pod = match PodView::from_slice(object.get().as_bytes()) {
+            Ok(pod) => pod,
+            Err(e) => {
+                tracing::warn!(uid, namespace, error = %e, "object is not a readable Pod; allowed unchanged");
+                return Ok(self.allow(uid, Outcome::Invalid));
+            }
+        };
+        let plan = plan(&pod, &self.registries, &self.opt_out_annotation);
+        if !plan.unparsable_images.is_empty() {
+            self.metrics
+                .count_unparsable_images(plan.unparsable_images.len());
+            tracing::debug!(uid, namespace, pod = %pod.display_name(), images = ?plan.unparsable_images, "image references that do not parse match no registry");
+        }
+        let dry_run = request.dry_run.unwrap_or(false);
+        match plan.decision {
+            Decision::Skipped(reason) => {
+                tracing::debug!(uid, namespace, pod = %pod.display_name(), dry_run, ?reason, outcome = "skipped", "admission decision");
+                Ok(self.allow(uid, Outcome::Skipped))
+            }
+            Decision::Unchanged => {
+                tracing::debug!(uid, namespace, pod = %pod.display_name(), dry_run, outcome = "unchanged", "admission decision");
+                Ok(self.allow(uid, Outcome::Unchanged))
+            }
+            Decision::Inject { secrets, patch } => {
+                tracing::info!(uid, namespace, pod = %pod.display_name(), dry_run, outcome = "injected", secrets = ?secrets, "admission decision");
+                // Serialising a Patch of adds with string values cannot fail.
+                let patch_json = serde_json::to_vec(&patch).expect("JSON patch serialises");
+                let out = ReviewOut {
+                    api_version: API_VERSION,
+                    kind: "AdmissionReview",
+                    response: ResponseOut {
+                        uid,
+                        allowed: true,
+                        patch_type: Some("JSONPatch"),
+                        patch: Some(base64::engine::general_purpose::STANDARD.encode(patch_json)),
+                        audit_annotations: Some(BTreeMap::from([(
+                            AUDIT_ANNOTATION,
+                            secrets.join(","),
+                        )])),
+                    },
+                };
+                Ok(Reviewed {
+                    body: serde_json::to_vec(&out).expect("review serialises"),
+                    outcome: Outcome::Injected,
+                    secrets,
+                })
+            }
+        }
+    }
+
+    fn allow(&self, uid: &str, outcome: Outcome) -> Reviewed {
+        let out = ReviewOut {
+            api_version: API_VERSION,
+            kind: "AdmissionReview",
+            response: ResponseOut {
+                uid,
+                allowed: true,
+                patch_type: None,
+                patch: None,
+                audit_annotations: None,
+            },
+        };
+        Reviewed {
+            body: serde_json::to_vec(&out).expect("review serialises"),
+            outcome,
+            secrets: Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::{HostPattern, RegistryEntry};
+    use serde_json::{Value, json};
+
+    fn admission() -> Admission {
+        let entry = RegistryEntry::new(
+            "yandex",
+            "yc-secret",
+            vec![
+                HostPattern::parse("cr.yandex").unwrap(),
+                HostPattern::parse("registry.yandexcloud.net").unwrap(),
+            ],
+        );
+        Admission::new(
+            Registries::new(vec![entry]),
+            "pullsecret-injector.io/skip".into(),
+            Metrics::new(),
+        )
+    }
+
+    fn review(request: Value) -> Value {
+        json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request})
+    }
+
+    fn pod_create(image: &str) -> Value {
+        review(json!({
+            "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": "team-a",
+            "operation": "CREATE",
+            "object": {"apiVersion": "v1", "kind": "Pod", "metadata": {"generateName": "web-"},
+                       "spec": {"containers": [{"name": "a", "image": image}]}}
+        }))
+    }
+
+    fn answer(a: &Admission, v: &Value) -> (Value, Outcome) {
+        let r = a.handle(&serde_json::to_vec(v).unwrap()).expect("answered");
+        (serde_json::from_slice(&r.body).unwrap(), r.outcome)
+    }
+
+    #[test]
+    fn pod_create_from_private_registry_gets_base64_json_patch() {
+        let (out, outcome) = answer(&admission(), &pod_create("cr.yandex/crp1/app:1"));
+        assert_eq!(outcome, Outcome::Injected);
+        assert_eq!(out["apiVersion"], "admission.k8s.io/v1");
+        assert_eq!(out["kind"], "AdmissionReview");
+        let resp = &out["response"];
+        assert_eq!(resp["uid"], "705ab4f5-6393-11e8-b7cc-42010a800002");
+        assert_eq!(resp["allowed"], true);
+        assert_eq!(resp["patchType"], "JSONPatch");
+        let patch = base64::engine::general_purpose::STANDARD
+            .decode(resp["patch"].as_str().expect("patch is a string"))
+            .unwrap();
+        let patch: Value = serde_json::from_slice(&patch).unwrap();
+        assert_eq!(
+            patch,
+            json!([{"op": "add", "path": "/spec/imagePullSecrets", "value": [{"name": "yc-secret"}]}])
+        );
+        assert_eq!(resp["auditAnnotations"][AUDIT_ANNOTATION], "yc-secret");
+    }
+
+    #[test]
+    fn unchanged_pod_gets_no_patch_type() {
+        let (out, outcome) = answer(&admission(), &pod_create("nginx"));
+        assert_eq!(outcome, Outcome::Unchanged);
+        assert_eq!(
+            out["response"],
+            json!({"uid": "705ab4f5-6393-11e8-b7cc-42010a800002", "allowed": true})
+        );
+    }
+
+    #[test]
+    fn dry_run_is_answered_the_same_way() {
+        let mut v = pod_create("cr.yandex/crp1/app:1");
+        v["request"]["dryRun"] = json!(true);
+        let (out, outcome) = answer(&admission(), &v);
+        assert_eq!(outcome, Outcome::Injected);
+        assert_eq!(out["response"]["patchType"], "JSONPatch");
+    }
+
+    #[test]
+    fn other_operations_and_kinds_are_allowed_unchanged() {
+        let a = admission();
+        let mut update = pod_create("cr.yandex/crp1/app:1");
+        update["request"]["operation"] = json!("UPDATE");
+        let mut sub = pod_create("cr.yandex/crp1/app:1");
+        sub["request"]["subResource"] = json!("ephemeralcontainers");
+        let mut cm = pod_create("cr.yandex/crp1/app:1");
+        cm["request"]["resource"] = json!({"group": "", "version": "v1", "resource": "configmaps"});
+        let mut apps = pod_create("cr.yandex/crp1/app:1");
+        apps["request"]["resource"] = json!({"group": "apps", "version": "v1", "resource": "pods"});
+        for v in [update, sub, cm, apps] {
+            let (out, outcome) = answer(&a, &v);
+            assert_eq!(outcome, Outcome::Skipped, "{v}");
+            assert!(out["response"].get("patch").is_none());
+            assert_eq!(out["response"]["allowed"], true);
+        }
+    }
+
+    #[test]
+    fn unreadable_pod_is_allowed_unchanged_and_counted_invalid() {
+        let a = admission();
+        let mut wrong_shape = pod_create("x");
+        wrong_shape["request"]["object"]["spec"]["containers"] = json!("a string");
+        let mut null = pod_create("x");
+        null["request"]["object"] = Value::Null;
+        let mut absent = pod_create("x");
+        absent["request"].as_object_mut().unwrap().remove("object");
+        for v in [wrong_shape, null, absent] {
+            let (out, outcome) = answer(&a, &v);
+            assert_eq!(outcome, Outcome::Invalid, "{v}");
+            assert_eq!(
+                out["response"]["uid"],
+                "705ab4f5-6393-11e8-b7cc-42010a800002"
+            );
+            assert_eq!(out["response"]["allowed"], true);
+            assert!(out["response"].get("patch").is_none());
+        }
+    }
+
+    #[test]
+    fn bodies_that_are_not_reviews_are_errors() {
+        let a = admission();
+        let cases: Vec<(&[u8], &str)> = vec![
+            (b"", "body is not an AdmissionReview"),
+            (b"not json", "body is not an AdmissionReview"),
+            (b"[1,2]", "body is not an AdmissionReview"),
+            (b"{\"apiVersion\":", "body is not an AdmissionReview"),
+            (b"\xff\xfe", "body is not an AdmissionReview"),
+            (
+                br#"{"apiVersion":"admission.k8s.io/v1beta1","kind":"AdmissionReview","request":{"uid":"u"}}"#,
+                "expected apiVersion admission.k8s.io/v1 kind AdmissionReview, got \"admission.k8s.io/v1beta1\"",
+            ),
+            (
+                br#"{"apiVersion":"admission.k8s.io/v1","kind":"Pod"}"#,
+                "expected apiVersion",
+            ),
+            (
+                br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#,
+                "AdmissionReview has no request",
+            ),
+            (
+                br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{}}"#,
+                "AdmissionReview request has no uid",
+            ),
+        ];
+        for (body, want) in cases {
+            let e = a.handle(body).unwrap_err().to_string();
+            assert!(
+                e.starts_with(want),
+                "{:?}: {e}",
+                String::from_utf8_lossy(body)
+            );
+            assert!(!e.contains('\n'), "one line: {e}");
+        }
+    }
+
+    #[test]
+    fn uid_with_escapes_is_echoed_exactly() {
+        let mut v = pod_create("nginx");
+        v["request"]["uid"] = json!("a\"b\\c\u{e9}");
+        let (out, _) = answer(&admission(), &v);
+        assert_eq!(out["response"]["uid"], "a\"b\\c\u{e9}");
+    }
+}

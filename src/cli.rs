@@ -1,0 +1,276 @@
+//! Command line: `run`, `check`, `explain`, `version`, and what each does.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use serde_json::Value;
+
+use crate::admission::Admission;
+use crate::config::Settings;
+use crate::metrics::Metrics;
+use crate::mutate::{Decision, PodView, SkipReason, plan};
+use crate::registry::Registries;
+use crate::server::{self, AdminState, Health, Limits};
+use crate::tls::CertStore;
+
+/// Kubernetes admission webhook that injects registry-aware imagePullSecrets, and keeps
+/// those Secrets fresh.
+#[derive(Debug, Parser)]
+#[command(name = "pullsecret-injector", version, about)]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the webhook and the sync task.
+    Run(RunArgs),
+    /// Validate the config, fetch every registry's credentials once, print their expiry.
+    Check(ConfigArg),
+    /// Offline: print the JSON patch and the Secrets that would be injected into a Pod.
+    Explain(ExplainArgs),
+    /// Print the version.
+    Version,
+}
+
+/// `--config`.
+#[derive(Debug, clap::Args)]
+pub struct ConfigArg {
+    /// Config file (YAML).
+    #[arg(long, env = "PULLSECRET_INJECTOR_CONFIG")]
+    pub config: PathBuf,
+}
+
+/// `run` flags.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    /// Config file.
+    pub config: ConfigArg,
+    /// Do not serve the webhook (sync task only).
+    #[arg(long)]
+    pub no_webhook: bool,
+    /// Do not run the sync task (webhook only).
+    #[arg(long)]
+    pub no_sync: bool,
+    /// How often the TLS files are re-read to detect rotation.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, hide = true)]
+    pub tls_reload_interval: Duration,
+}
+
+/// `explain` flags.
+#[derive(Debug, clap::Args)]
+pub struct ExplainArgs {
+    #[command(flatten)]
+    /// Config file.
+    pub config: ConfigArg,
+    /// Pod manifest (YAML or JSON), or `-` for standard input.
+    #[arg(short = 'f', long = "filename")]
+    pub file: PathBuf,
+}
+
+/// Run a parsed command line.
+pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run(args) => run(args).await,
+        Command::Check(args) => check(&args.config).await,
+        Command::Explain(args) => explain(&args),
+        Command::Version => {
+            println!("pullsecret-injector {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+    }
+}
+
+fn load(path: &Path) -> anyhow::Result<Settings> {
+    Ok(Settings::load(path)?)
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let settings = load(&args.config.config)?;
+    if args.no_webhook && args.no_sync {
+        bail!("--no-webhook and --no-sync together leave nothing to run");
+    }
+    if !args.no_sync {
+        bail!(
+            "the sync task is not available in this build yet; pass --no-sync to run the webhook alone"
+        );
+    }
+    let metrics = Metrics::new();
+    let health = Health::new();
+    health.set_sync_ready();
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+
+    let admin_listener = server::bind(settings.admin_listen, "admin.listen").await?;
+    let admin = tokio::spawn(server::serve_admin(
+        admin_listener,
+        server::admin_router(AdminState {
+            health: health.clone(),
+            metrics: metrics.clone(),
+        }),
+        stopped(),
+    ));
+
+    let mut webhook = None;
+    if !args.no_webhook {
+        let store = Arc::new(CertStore::load(
+            &settings.tls_cert_file,
+            &settings.tls_key_file,
+        )?);
+        let tls = store.server_config()?;
+        let listener = server::bind(settings.webhook_listen, "webhook.listen").await?;
+        tracing::info!(address = %listener.local_addr()?, "webhook listening (HTTPS)");
+        health.set_tls_loaded();
+        tokio::spawn(store.watch(args.tls_reload_interval, stopped()));
+        let admission = Arc::new(Admission::new(
+            Registries::new(settings.entries()),
+            settings.pod_opt_out_annotation.clone(),
+            metrics.clone(),
+        ));
+        webhook = Some(tokio::spawn(server::serve_tls(
+            listener,
+            tls,
+            server::webhook_router(admission),
+            Limits::default(),
+            stopped(),
+        )));
+    } else {
+        health.set_tls_loaded();
+    }
+    tracing::info!(admin = %settings.admin_listen, registries = settings.registries.len(), "pullsecret-injector running");
+
+    shutdown_signal().await;
+    tracing::info!("shutdown requested: reporting not ready, finishing in-flight requests");
+    health.set_shutting_down();
+    let _ = stop_tx.send(true);
+    if let Some(w) = webhook {
+        let _ = w.await;
+    }
+    let _ = admin.await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::terminate(),
+        ) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the process");
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+async fn check(config: &Path) -> anyhow::Result<()> {
+    let settings = load(config)?;
+    println!("config {}: ok", config.display());
+    for r in &settings.registries {
+        let hosts: Vec<String> = r.entry.hosts().iter().map(ToString::to_string).collect();
+        println!(
+            "registry {}: hosts {} secret {} credentials {}",
+            r.entry.name(),
+            hosts.join(","),
+            r.entry.secret_name(),
+            r.credentials.kind()
+        );
+    }
+    Ok(())
+}
+
+fn explain(args: &ExplainArgs) -> anyhow::Result<()> {
+    let settings = load(&args.config.config)?;
+    let (text, source) = if args.file.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("reading the Pod from standard input")?;
+        (s, "standard input".to_string())
+    } else {
+        let s = std::fs::read_to_string(&args.file)
+            .with_context(|| format!("reading {}", args.file.display()))?;
+        (s, args.file.display().to_string())
+    };
+    let value = parse_manifest(&text).with_context(|| format!("{source} is not YAML or JSON"))?;
+    let kind = value.get("kind").and_then(Value::as_str).unwrap_or("");
+    if kind != "Pod" {
+        bail!("{source} is not a Pod (kind {kind:?}); explain takes a Pod manifest");
+    }
+    if let Some(v) = value.get("apiVersion").and_then(Value::as_str)
+        && v != "v1"
+    {
+        bail!("{source} is not a core/v1 Pod (apiVersion {v:?})");
+    }
+    let pod =
+        PodView::from_value(&value).with_context(|| format!("{source} is not a valid Pod"))?;
+    let registries = Registries::new(settings.entries());
+    let p = plan(&pod, &registries, &settings.pod_opt_out_annotation);
+    for image in &p.unparsable_images {
+        println!("# image {image:?} is not a valid reference; it matches no registry");
+    }
+    match p.decision {
+        Decision::Skipped(SkipReason::OptOut) => {
+            println!(
+                "# skipped: the Pod has {}: \"true\"",
+                settings.pod_opt_out_annotation
+            );
+            println!("secrets: []\npatch: []");
+        }
+        Decision::Unchanged => {
+            println!("# unchanged: no image needs a Secret that the Pod does not list already");
+            println!("secrets: []\npatch: []");
+        }
+        Decision::Inject { secrets, patch } => {
+            println!("secrets: {}", serde_json::to_string(&secrets)?);
+            println!("patch: {}", serde_json::to_string_pretty(&patch)?);
+        }
+    }
+    Ok(())
+}
+
+fn parse_manifest(text: &str) -> anyhow::Result<Value> {
+    if let Ok(v) = serde_json::from_str::<Value>(text) {
+        return Ok(v);
+    }
+    Ok(serde_norway::from_str::<Value>(text)?)
+}

@@ -1,0 +1,1014 @@
+//! The configuration file: schema, defaults and validation.
+//!
+//! Parsing is strict (an unknown field is an error, never silently ignored) and validation
+//! collects every problem at once, each naming the field path and the bad value, so that a
+//! platform engineer fixes a broken file in one round trip.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::labels::LabelSelector;
+use crate::registry::{HostPattern, RegistryEntry};
+
+/// Default Yandex Cloud IAM token endpoint.
+pub const DEFAULT_IAM_ENDPOINT: &str = "https://iam.api.cloud.yandex.net/iam/v1/tokens";
+/// Default Yandex Cloud VM metadata token endpoint.
+pub const DEFAULT_METADATA_ENDPOINT: &str =
+    "http://169.254.169.254/computeMetadata/v1/instance/service-accounts/default/token";
+/// Default namespace opt-in selector.
+pub const DEFAULT_NAMESPACE_SELECTOR: &str = "pullsecret-injector.io/inject=enabled";
+/// Default Pod opt-out annotation.
+pub const DEFAULT_POD_OPT_OUT_ANNOTATION: &str = "pullsecret-injector.io/skip";
+
+/// The whole configuration file, after defaults.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Config {
+    /// The HTTPS admission endpoint.
+    #[serde(default)]
+    pub webhook: WebhookConfig,
+    /// The plain-HTTP health and metrics endpoint.
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// Label selector (kubectl syntax) of the namespaces that opt in.
+    #[serde(default = "default_namespace_selector")]
+    pub namespace_selector: String,
+    /// Pod annotation that, set to `"true"`, disables injection for that Pod.
+    #[serde(default = "default_pod_opt_out_annotation")]
+    pub pod_opt_out_annotation: String,
+    /// The secret sync task.
+    #[serde(default)]
+    pub sync: SyncConfig,
+    /// The private registries, in order.
+    pub registries: Vec<RegistryConfig>,
+}
+
+/// `webhook:` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// Address the HTTPS server binds.
+    #[serde(default = "default_webhook_listen")]
+    pub listen: String,
+    /// PEM certificate chain; reloaded when its content changes.
+    #[serde(default = "default_tls_cert")]
+    pub tls_cert_file: PathBuf,
+    /// PEM private key; reloaded when its content changes.
+    #[serde(default = "default_tls_key")]
+    pub tls_key_file: PathBuf,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_webhook_listen(),
+            tls_cert_file: default_tls_cert(),
+            tls_key_file: default_tls_key(),
+        }
+    }
+}
+
+/// `admin:` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address the plain-HTTP admin server binds.
+    #[serde(default = "default_admin_listen")]
+    pub listen: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_admin_listen(),
+        }
+    }
+}
+
+/// `sync:` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SyncConfig {
+    /// Upper bound on a credential's age before it is refreshed.
+    #[serde(default = "default_refresh_interval", with = "duration")]
+    pub refresh_interval: Duration,
+    /// Rate limit on Secret writes to the API server.
+    #[serde(default = "default_max_writes")]
+    pub max_writes_per_second: u32,
+    /// Leader election among replicas.
+    #[serde(default)]
+    pub leader_election: LeaderElectionConfig,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        Self {
+            refresh_interval: default_refresh_interval(),
+            max_writes_per_second: default_max_writes(),
+            leader_election: LeaderElectionConfig::default(),
+        }
+    }
+}
+
+/// `sync.leaderElection:` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LeaderElectionConfig {
+    /// Whether replicas elect one writer through a Lease.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Name of the coordination.k8s.io Lease.
+    #[serde(default = "default_lease_name")]
+    pub lease_name: String,
+    /// Namespace of the Lease; empty means the injector's own namespace.
+    #[serde(default)]
+    pub lease_namespace: String,
+}
+
+impl Default for LeaderElectionConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            lease_name: default_lease_name(),
+            lease_namespace: String::new(),
+        }
+    }
+}
+
+/// One `registries[]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// Unique name, used in metrics and the `pullsecret-injector.io/registry` annotation.
+    pub name: String,
+    /// Host patterns (`host[:port][/path]`, labels may be kubelet-style globs).
+    pub hosts: Vec<String>,
+    /// Name of the managed Secret in every opted-in namespace.
+    pub secret_name: String,
+    /// Where the credentials come from (exactly one source).
+    pub credentials: CredentialsConfig,
+}
+
+/// `registries[].credentials`: exactly one field must be set.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CredentialsConfig {
+    /// IAM tokens minted from a service-account authorized key.
+    pub yandex_authorized_key: Option<YandexAuthorizedKey>,
+    /// IAM tokens from the VM metadata service.
+    pub yandex_metadata: Option<YandexMetadata>,
+    /// Static `json_key` login with the key file as password (Container Registry only).
+    pub yandex_json_key: Option<FileSource>,
+    /// Static username and password file.
+    pub basic: Option<Basic>,
+    /// A `.dockerconfigjson` file copied as is.
+    pub docker_config: Option<FileSource>,
+}
+
+/// `credentials.yandexAuthorizedKey`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct YandexAuthorizedKey {
+    /// Path of the authorized key JSON (`yc iam key create` output).
+    pub file: PathBuf,
+    /// IAM token endpoint.
+    #[serde(default = "default_iam_endpoint")]
+    pub endpoint: String,
+}
+
+/// `credentials.yandexMetadata`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct YandexMetadata {
+    /// Metadata token endpoint.
+    #[serde(default = "default_metadata_endpoint")]
+    pub endpoint: String,
+}
+
+/// A credential source that is just a file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FileSource {
+    /// Path of the file.
+    pub file: PathBuf,
+}
+
+/// `credentials.basic`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Basic {
+    /// Registry username.
+    pub username: String,
+    /// Path of a file holding the password (trailing newline stripped).
+    pub password_file: PathBuf,
+}
+
+/// The validated credential source of one registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CredentialSource {
+    /// See [`CredentialsConfig::yandex_authorized_key`].
+    YandexAuthorizedKey {
+        /// Key file.
+        file: PathBuf,
+        /// IAM endpoint.
+        endpoint: String,
+    },
+    /// See [`CredentialsConfig::yandex_metadata`].
+    YandexMetadata {
+        /// Metadata endpoint.
+        endpoint: String,
+    },
+    /// See [`CredentialsConfig::yandex_json_key`].
+    YandexJsonKey {
+        /// Key file.
+        file: PathBuf,
+    },
+    /// See [`CredentialsConfig::basic`].
+    Basic {
+        /// Username.
+        username: String,
+        /// Password file.
+        password_file: PathBuf,
+    },
+    /// See [`CredentialsConfig::docker_config`].
+    DockerConfig {
+        /// `.dockerconfigjson` file.
+        file: PathBuf,
+    },
+}
+
+impl CredentialSource {
+    /// The config key of this source, for messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::YandexAuthorizedKey { .. } => "yandexAuthorizedKey",
+            Self::YandexMetadata { .. } => "yandexMetadata",
+            Self::YandexJsonKey { .. } => "yandexJsonKey",
+            Self::Basic { .. } => "basic",
+            Self::DockerConfig { .. } => "dockerConfig",
+        }
+    }
+}
+
+/// One registry after validation.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    /// Name, secret name and parsed host patterns.
+    pub entry: RegistryEntry,
+    /// Where its credentials come from.
+    pub credentials: CredentialSource,
+}
+
+/// A configuration that passed validation: addresses parsed, patterns compiled.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Webhook bind address.
+    pub webhook_listen: SocketAddr,
+    /// Webhook certificate file.
+    pub tls_cert_file: PathBuf,
+    /// Webhook key file.
+    pub tls_key_file: PathBuf,
+    /// Admin bind address.
+    pub admin_listen: SocketAddr,
+    /// Opt-in selector, parsed.
+    pub namespace_selector: LabelSelector,
+    /// Opt-out annotation key.
+    pub pod_opt_out_annotation: String,
+    /// Sync task settings.
+    pub sync: SyncConfig,
+    /// Registries in config order.
+    pub registries: Vec<Registry>,
+}
+
+/// One validation problem: where and what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// Field path such as `registries[1].hosts[0]`.
+    pub path: String,
+    /// What is wrong, quoting the bad value.
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid YAML for the schema.
+    #[error("parsing config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (with field path and location).
+        message: String,
+    },
+    /// The file parsed but some values are wrong.
+    #[error("invalid config file {path}:\n  {}", join_errors(.errors))]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Every problem found.
+        errors: Vec<FieldError>,
+    },
+}
+
+fn join_errors(errors: &[FieldError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n  ")
+}
+
+impl Config {
+    /// Parse YAML text; the error message carries the field path and position.
+    pub fn from_yaml(text: &str) -> Result<Self, String> {
+        serde_norway::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Check every field; returns all problems, each with its path.
+    pub fn validate(&self) -> Result<Settings, Vec<FieldError>> {
+        let mut errs = Vec::new();
+        let mut err = |path: &str, message: String| {
+            errs.push(FieldError {
+                path: path.to_string(),
+                message,
+            })
+        };
+
+        let webhook_listen = parse_listen(&self.webhook.listen)
+            .map_err(|m| err("webhook.listen", m))
+            .ok();
+        let admin_listen = parse_listen(&self.admin.listen)
+            .map_err(|m| err("admin.listen", m))
+            .ok();
+        if let (Some(w), Some(a)) = (webhook_listen, admin_listen)
+            && w.port() == a.port()
+            && w.port() != 0
+            && (w.ip() == a.ip() || w.ip().is_unspecified() || a.ip().is_unspecified())
+        {
+            err(
+                "admin.listen",
+                format!("{a} uses the same port as webhook.listen {w}"),
+            );
+        }
+        if self.webhook.tls_cert_file.as_os_str().is_empty() {
+            err("webhook.tlsCertFile", "must not be empty".into());
+        }
+        if self.webhook.tls_key_file.as_os_str().is_empty() {
+            err("webhook.tlsKeyFile", "must not be empty".into());
+        }
+        let namespace_selector = LabelSelector::parse(&self.namespace_selector)
+            .map_err(|e| {
+                err(
+                    "namespaceSelector",
+                    format!("{:?} is not a label selector: {e}", self.namespace_selector),
+                )
+            })
+            .ok();
+        if let Err(e) = crate::labels::validate_key(&self.pod_opt_out_annotation) {
+            err(
+                "podOptOutAnnotation",
+                format!(
+                    "{:?} is not an annotation key: {e}",
+                    self.pod_opt_out_annotation
+                ),
+            );
+        }
+        if self.sync.refresh_interval < Duration::from_secs(10) {
+            err(
+                "sync.refreshInterval",
+                format!(
+                    "{} is too short (minimum 10s)",
+                    humantime::format_duration(self.sync.refresh_interval)
+                ),
+            );
+        }
+        if self.sync.max_writes_per_second == 0 {
+            err("sync.maxWritesPerSecond", "must be at least 1".into());
+        }
+        let le = &self.sync.leader_election;
+        if le.enabled && crate::labels::validate_dns_subdomain(&le.lease_name).is_err() {
+            err(
+                "sync.leaderElection.leaseName",
+                format!("{:?} is not a valid object name", le.lease_name),
+            );
+        }
+        if !le.lease_namespace.is_empty()
+            && crate::labels::validate_dns_label(&le.lease_namespace).is_err()
+        {
+            err(
+                "sync.leaderElection.leaseNamespace",
+                format!("{:?} is not a valid namespace name", le.lease_namespace),
+            );
+        }
+
+        if self.registries.is_empty() {
+            err("registries", "at least one registry is required".into());
+        }
+        let mut registries = Vec::new();
+        for (i, r) in self.registries.iter().enumerate() {
+            let p = format!("registries[{i}]");
+            if crate::labels::validate_label_value(&r.name).is_err() || r.name.is_empty() {
+                err(
+                    &format!("{p}.name"),
+                    format!(
+                        "{:?} is not a valid name (1-63 characters, alphanumerics, '-', '_', '.')",
+                        r.name
+                    ),
+                );
+            }
+            if let Some(j) = self.registries[..i].iter().position(|o| o.name == r.name) {
+                err(
+                    &format!("{p}.name"),
+                    format!("{:?} is already used by registries[{j}]", r.name),
+                );
+            }
+            if crate::labels::validate_dns_subdomain(&r.secret_name).is_err() {
+                err(
+                    &format!("{p}.secretName"),
+                    format!("{:?} is not a valid Secret name", r.secret_name),
+                );
+            }
+            if let Some(j) = self.registries[..i]
+                .iter()
+                .position(|o| o.secret_name == r.secret_name)
+            {
+                err(
+                    &format!("{p}.secretName"),
+                    format!("{:?} is already used by registries[{j}]", r.secret_name),
+                );
+            }
+            if r.hosts.is_empty() {
+                err(
+                    &format!("{p}.hosts"),
+                    "at least one host pattern is required".into(),
+                );
+            }
+            let mut hosts = Vec::new();
+            for (k, h) in r.hosts.iter().enumerate() {
+                match HostPattern::parse(h) {
+                    Ok(pat) => {
+                        if r.hosts[..k].contains(h) {
+                            err(&format!("{p}.hosts[{k}]"), format!("{h:?} is listed twice"));
+                        }
+                        hosts.push(pat)
+                    }
+                    Err(e) => err(&format!("{p}.hosts[{k}]"), e.to_string()),
+                }
+            }
+            let credentials = validate_credentials(&r.credentials, &format!("{p}.credentials"))
+                .map_err(|(path, m)| err(&path, m))
+                .ok();
+            if let Some(credentials) = credentials {
+                registries.push(Registry {
+                    entry: RegistryEntry::new(r.name.clone(), r.secret_name.clone(), hosts),
+                    credentials,
+                });
+            }
+        }
+
+        match (webhook_listen, admin_listen, namespace_selector) {
+            (Some(webhook_listen), Some(admin_listen), Some(namespace_selector))
+                if errs.is_empty() =>
+            {
+                Ok(Settings {
+                    webhook_listen,
+                    tls_cert_file: self.webhook.tls_cert_file.clone(),
+                    tls_key_file: self.webhook.tls_key_file.clone(),
+                    admin_listen,
+                    namespace_selector,
+                    pod_opt_out_annotation: self.pod_opt_out_annotation.clone(),
+                    sync: self.sync.clone(),
+                    registries,
+                })
+            }
+            _ => Err(errs),
+        }
+    }
+}
+
+impl Settings {
+    /// Read, parse and validate a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_yaml(&text, path)
+    }
+
+    /// Parse and validate YAML text; `path` is used in messages only.
+    pub fn from_yaml(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let config = Config::from_yaml(text).map_err(|message| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message,
+        })?;
+        config.validate().map_err(|errors| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            errors,
+        })
+    }
+
+    /// The registry entries used for matching, in config order.
+    pub fn entries(&self) -> Vec<RegistryEntry> {
+        self.registries.iter().map(|r| r.entry.clone()).collect()
+    }
+}
+
+fn validate_credentials(
+    c: &CredentialsConfig,
+    path: &str,
+) -> Result<CredentialSource, (String, String)> {
+    let mut set: Vec<(&str, CredentialSource)> = Vec::new();
+    if let Some(k) = &c.yandex_authorized_key {
+        set.push((
+            "yandexAuthorizedKey",
+            CredentialSource::YandexAuthorizedKey {
+                file: k.file.clone(),
+                endpoint: k.endpoint.clone(),
+            },
+        ));
+    }
+    if let Some(m) = &c.yandex_metadata {
+        set.push((
+            "yandexMetadata",
+            CredentialSource::YandexMetadata {
+                endpoint: m.endpoint.clone(),
+            },
+        ));
+    }
+    if let Some(f) = &c.yandex_json_key {
+        set.push((
+            "yandexJsonKey",
+            CredentialSource::YandexJsonKey {
+                file: f.file.clone(),
+            },
+        ));
+    }
+    if let Some(b) = &c.basic {
+        set.push((
+            "basic",
+            CredentialSource::Basic {
+                username: b.username.clone(),
+                password_file: b.password_file.clone(),
+            },
+        ));
+    }
+    if let Some(f) = &c.docker_config {
+        set.push((
+            "dockerConfig",
+            CredentialSource::DockerConfig {
+                file: f.file.clone(),
+            },
+        ));
+    }
+    if set.len() != 1 {
+        let found = set.iter().map(|(k, _)| *k).collect::<Vec<_>>();
+        return Err((
+            path.to_string(),
+            format!(
+                "exactly one of yandexAuthorizedKey, yandexMetadata, yandexJsonKey, basic, dockerConfig must be set, found {}",
+                if found.is_empty() {
+                    "none".to_string()
+                } else {
+                    found.join(", ")
+                }
+            ),
+        ));
+    }
+    let (key, source) = set.remove(0);
+    let sub = format!("{path}.{key}");
+    match &source {
+        CredentialSource::YandexAuthorizedKey { file, endpoint } => {
+            check_file(file, &format!("{sub}.file"))?;
+            check_endpoint(endpoint, false).map_err(|m| (format!("{sub}.endpoint"), m))?;
+        }
+        CredentialSource::YandexMetadata { endpoint } => {
+            check_endpoint(endpoint, true).map_err(|m| (format!("{sub}.endpoint"), m))?;
+        }
+        CredentialSource::YandexJsonKey { file } | CredentialSource::DockerConfig { file } => {
+            check_file(file, &format!("{sub}.file"))?;
+        }
+        CredentialSource::Basic {
+            username,
+            password_file,
+        } => {
+            if username.is_empty() || username.contains(':') {
+                return Err((
+                    format!("{sub}.username"),
+                    format!("{username:?} must be non-empty and must not contain ':'"),
+                ));
+            }
+            check_file(password_file, &format!("{sub}.passwordFile"))?;
+        }
+    }
+    Ok(source)
+}
+
+fn check_file(file: &Path, path: &str) -> Result<(), (String, String)> {
+    if file.as_os_str().is_empty() {
+        return Err((path.to_string(), "must not be empty".into()));
+    }
+    Ok(())
+}
+
+/// Endpoints are `https://`; `http://` only to loopback (local stand-ins) and, for the
+/// metadata service, to link-local addresses (169.254.169.254 is plain HTTP by design).
+pub fn check_endpoint(endpoint: &str, allow_link_local_http: bool) -> Result<(), String> {
+    let uri: http::Uri = endpoint
+        .parse()
+        .map_err(|e| format!("{endpoint:?} is not a URL: {e}"))?;
+    let host = uri
+        .host()
+        .ok_or_else(|| format!("{endpoint:?} has no host"))?;
+    match uri.scheme_str() {
+        Some("https") => Ok(()),
+        Some("http") => {
+            let ip = host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<IpAddr>()
+                .ok();
+            let loopback = host == "localhost" || ip.is_some_and(|ip| ip.is_loopback());
+            let link_local = matches!(ip, Some(IpAddr::V4(v4)) if v4.is_link_local());
+            if loopback || (allow_link_local_http && link_local) {
+                Ok(())
+            } else if allow_link_local_http {
+                Err(format!(
+                    "{endpoint:?}: plain http:// is allowed only for loopback and link-local addresses; use https://"
+                ))
+            } else {
+                Err(format!(
+                    "{endpoint:?}: plain http:// is allowed only for loopback addresses; use https://"
+                ))
+            }
+        }
+        _ => Err(format!("{endpoint:?} must start with https://")),
+    }
+}
+
+fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    s.parse::<SocketAddr>()
+        .map_err(|_| format!("{s:?} is not an address (expected ip:port, e.g. \"0.0.0.0:8443\")"))
+}
+
+mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "{s:?} is not a duration (e.g. \"1h\", \"30m\"): {e}"
+            ))
+        })
+    }
+}
+
+fn default_webhook_listen() -> String {
+    "0.0.0.0:8443".into()
+}
+fn default_admin_listen() -> String {
+    "0.0.0.0:8080".into()
+}
+fn default_tls_cert() -> PathBuf {
+    "/tls/tls.crt".into()
+}
+fn default_tls_key() -> PathBuf {
+    "/tls/tls.key".into()
+}
+fn default_namespace_selector() -> String {
+    DEFAULT_NAMESPACE_SELECTOR.into()
+}
+fn default_pod_opt_out_annotation() -> String {
+    DEFAULT_POD_OPT_OUT_ANNOTATION.into()
+}
+fn default_refresh_interval() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_max_writes() -> u32 {
+    20
+}
+fn default_true() -> bool {
+    true
+}
+fn default_lease_name() -> String {
+    "pullsecret-injector".into()
+}
+fn default_iam_endpoint() -> String {
+    DEFAULT_IAM_ENDPOINT.into()
+}
+fn default_metadata_endpoint() -> String {
+    DEFAULT_METADATA_ENDPOINT.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+registries:
+  - name: yandex
+    hosts: ["cr.yandex", "registry.yandexcloud.net"]
+    secretName: yc-registry-secret
+    credentials:
+      yandexAuthorizedKey: { file: /creds/key.json }
+"#;
+
+    fn load(text: &str) -> Result<Settings, ConfigError> {
+        Settings::from_yaml(text, Path::new("config.yaml"))
+    }
+
+    fn invalid(text: &str) -> Vec<String> {
+        match load(text) {
+            Err(ConfigError::Invalid { errors, .. }) => {
+                errors.iter().map(ToString::to_string).collect()
+            }
+            Err(other) => vec![other.to_string()],
+            Ok(_) => panic!("config was accepted:\n{text}"),
+        }
+    }
+
+    #[test]
+    fn minimal_config_gets_documented_defaults() {
+        let s = load(MINIMAL).expect("valid");
+        assert_eq!(s.webhook_listen, "0.0.0.0:8443".parse().unwrap());
+        assert_eq!(s.admin_listen, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(s.tls_cert_file, Path::new("/tls/tls.crt"));
+        assert_eq!(s.tls_key_file, Path::new("/tls/tls.key"));
+        assert_eq!(s.pod_opt_out_annotation, "pullsecret-injector.io/skip");
+        assert_eq!(
+            s.namespace_selector.to_string(),
+            "pullsecret-injector.io/inject=enabled"
+        );
+        assert_eq!(s.sync.refresh_interval, Duration::from_secs(3600));
+        assert_eq!(s.sync.max_writes_per_second, 20);
+        assert!(s.sync.leader_election.enabled);
+        assert_eq!(s.sync.leader_election.lease_name, "pullsecret-injector");
+        assert_eq!(s.sync.leader_election.lease_namespace, "");
+        assert_eq!(s.registries.len(), 1);
+        assert_eq!(
+            s.registries[0].credentials,
+            CredentialSource::YandexAuthorizedKey {
+                file: "/creds/key.json".into(),
+                endpoint: DEFAULT_IAM_ENDPOINT.into()
+            }
+        );
+    }
+
+    #[test]
+    fn full_config_from_design_parses() {
+        let text = r#"
+webhook:
+  listen: "127.0.0.1:9443"
+  tlsCertFile: /tls/a.crt
+  tlsKeyFile: /tls/a.key
+admin:
+  listen: "[::1]:9080"
+namespaceSelector: "team in (a,b),!legacy"
+podOptOutAnnotation: "example.com/skip"
+sync:
+  refreshInterval: 30m
+  maxWritesPerSecond: 5
+  leaderElection: { enabled: false, leaseName: x, leaseNamespace: ops }
+registries:
+  - name: yandex
+    hosts: ["cr.yandex", "registry.yandexcloud.net"]
+    secretName: yc-registry-secret
+    credentials:
+      yandexMetadata: {}
+  - name: corp
+    hosts: ["*.corp.example.com:5000/team"]
+    secretName: corp-pull
+    credentials:
+      basic: { username: robot, passwordFile: /creds/password }
+  - name: json
+    hosts: ["cr.yandex/crp1"]
+    secretName: json-pull
+    credentials:
+      yandexJsonKey: { file: /creds/key.json }
+  - name: copied
+    hosts: ["ghcr.io"]
+    secretName: ghcr
+    credentials:
+      dockerConfig: { file: /creds/.dockerconfigjson }
+"#;
+        let s = load(text).expect("valid");
+        assert_eq!(s.sync.refresh_interval, Duration::from_secs(1800));
+        assert_eq!(s.sync.max_writes_per_second, 5);
+        assert!(!s.sync.leader_election.enabled);
+        assert_eq!(s.admin_listen, "[::1]:9080".parse().unwrap());
+        assert_eq!(s.registries.len(), 4);
+        assert_eq!(
+            s.registries[0].credentials,
+            CredentialSource::YandexMetadata {
+                endpoint: DEFAULT_METADATA_ENDPOINT.into()
+            }
+        );
+        assert_eq!(s.registries[1].credentials.kind(), "basic");
+    }
+
+    #[test]
+    fn bad_host_pattern_names_the_field_and_value() {
+        let errs = invalid(
+            r#"
+registries:
+  - name: a
+    hosts: ["cr.yandex"]
+    secretName: a
+    credentials: { basic: { username: u, passwordFile: /p } }
+  - name: b
+    hosts: ["https://cr.yandex"]
+    secretName: b
+    credentials: { basic: { username: u, passwordFile: /p } }
+"#,
+        );
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].starts_with(
+                r#"registries[1].hosts[0]: "https://cr.yandex" is not a host pattern"#
+            ),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn duplicate_registry_and_secret_names_are_refused() {
+        let errs = invalid(
+            r#"
+registries:
+  - { name: a, hosts: [x.io], secretName: s, credentials: { basic: { username: u, passwordFile: /p } } }
+  - { name: a, hosts: [y.io], secretName: s, credentials: { basic: { username: u, passwordFile: /p } } }
+"#,
+        );
+        assert_eq!(
+            errs,
+            vec![
+                r#"registries[1].name: "a" is already used by registries[0]"#,
+                r#"registries[1].secretName: "s" is already used by registries[0]"#,
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_field_is_an_error_with_its_path() {
+        let text = MINIMAL.replace("secretName:", "secretNmae:");
+        let e = load(&text).unwrap_err().to_string();
+        assert!(e.contains("unknown field `secretNmae`"), "{e}");
+        assert!(e.contains("registries[0]"), "{e}");
+        let e = load(&format!("webhok: {{}}\n{MINIMAL}"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `webhok`"), "{e}");
+    }
+
+    #[test]
+    fn missing_registries_is_an_error() {
+        let e = load("webhook: {}\n").unwrap_err().to_string();
+        assert!(e.contains("missing field `registries`"), "{e}");
+        assert_eq!(
+            invalid("registries: []\n"),
+            vec!["registries: at least one registry is required"]
+        );
+    }
+
+    #[test]
+    fn two_credential_sources_are_refused() {
+        let errs = invalid(
+            r#"
+registries:
+  - name: a
+    hosts: [x.io]
+    secretName: s
+    credentials:
+      basic: { username: u, passwordFile: /p }
+      dockerConfig: { file: /d }
+"#,
+        );
+        assert_eq!(errs.len(), 1);
+        assert!(
+            errs[0].starts_with("registries[0].credentials: exactly one of")
+                && errs[0].ends_with("found basic, dockerConfig"),
+            "{errs:?}"
+        );
+        let errs =
+            invalid("registries: [{ name: a, hosts: [x.io], secretName: s, credentials: {} }]\n");
+        assert!(errs[0].ends_with("found none"), "{errs:?}");
+    }
+
+    #[test]
+    fn plain_http_endpoint_is_only_for_loopback() {
+        for (endpoint, ok) in [
+            ("https://iam.example.com/t", true),
+            ("http://127.0.0.1:9999/t", true),
+            ("http://localhost:9999/t", true),
+            ("http://[::1]:9999/t", true),
+            ("http://iam.api.cloud.yandex.net/iam/v1/tokens", false),
+            ("http://169.254.169.254/x", false),
+            ("ftp://127.0.0.1/x", false),
+            ("not a url", false),
+        ] {
+            let text = MINIMAL.replace(
+                "{ file: /creds/key.json }",
+                &format!("{{ file: /k, endpoint: {endpoint:?} }}"),
+            );
+            let r = load(&text);
+            assert_eq!(
+                r.is_ok(),
+                ok,
+                "{endpoint}: {:?}",
+                r.err().map(|e| e.to_string())
+            );
+            if let Err(e) = r {
+                let e = e.to_string();
+                assert!(
+                    e.contains("registries[0].credentials.yandexAuthorizedKey.endpoint"),
+                    "{e}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn metadata_endpoint_may_be_link_local_http() {
+        assert!(check_endpoint(DEFAULT_METADATA_ENDPOINT, true).is_ok());
+        assert!(check_endpoint("http://10.0.0.1/x", true).is_err());
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let errs = invalid(
+            r#"
+webhook: { listen: "8443" }
+admin: { listen: "0.0.0.0:x" }
+namespaceSelector: "a in b"
+sync: { refreshInterval: 1s, maxWritesPerSecond: 0 }
+registries:
+  - { name: "", hosts: [], secretName: "Bad_Name", credentials: { basic: { username: "a:b", passwordFile: /p } } }
+"#,
+        );
+        let paths: Vec<&str> = errs.iter().map(|e| e.split(':').next().unwrap()).collect();
+        assert_eq!(
+            paths,
+            vec![
+                "webhook.listen",
+                "admin.listen",
+                "namespaceSelector",
+                "sync.refreshInterval",
+                "sync.maxWritesPerSecond",
+                "registries[0].name",
+                "registries[0].secretName",
+                "registries[0].hosts",
+                "registries[0].credentials.basic.username",
+            ],
+            "{errs:#?}"
+        );
+    }
+
+    #[test]
+    fn bad_duration_names_the_value() {
+        let e = load(&format!("sync: {{ refreshInterval: soon }}\n{MINIMAL}"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("\"soon\" is not a duration"), "{e}");
+    }
+
+    #[test]
+    fn same_port_for_webhook_and_admin_is_refused() {
+        let errs = invalid(&format!(
+            "webhook: {{ listen: \"0.0.0.0:8443\" }}\nadmin: {{ listen: \"127.0.0.1:8443\" }}\n{MINIMAL}"
+        ));
+        assert_eq!(errs.len(), 1);
+        assert!(errs[0].starts_with("admin.listen:"), "{errs:?}");
+    }
+
+    #[test]
+    fn file_that_cannot_be_read_is_named() {
+        let e = Settings::load(Path::new("/nonexistent/config.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("reading config file /nonexistent/config.yaml:"),
+            "{e}"
+        );
+    }
+}

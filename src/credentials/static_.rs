@@ -1,0 +1,86 @@
+//! Static credentials read from files: `yandexJsonKey`, `basic`, `dockerConfig`.
+//! They never expire; the sync task re-reads them at its refresh interval (and earlier
+//! when their fingerprint changes) to follow rotation.
+
+use std::path::Path;
+
+use jiff::Timestamp;
+
+use super::{
+    Credential, CredentialError, JSON_KEY_USERNAME, Secret, bad_file, fingerprint_of, read_file,
+    yandex_key,
+};
+
+/// `json_key` + the authorized key file verbatim (validated, sent unmodified).
+pub(crate) async fn json_key(file: &Path) -> Result<Credential, CredentialError> {
+    const WHAT: &str = "json key file";
+    let bytes = read_file(WHAT, file).await?;
+    let fingerprint = fingerprint_of(file, &bytes);
+    yandex_key::parse_key_file(&bytes).map_err(|problem| bad_file(WHAT, file, problem))?;
+    let text = String::from_utf8(bytes).map_err(|_| bad_file(WHAT, file, "not UTF-8 text"))?;
+    Ok(Credential::login(
+        JSON_KEY_USERNAME,
+        Secret::from(text),
+        Timestamp::now(),
+        None,
+    )?
+    .with_fingerprint(fingerprint))
+}
+
+/// The configured username + the password file without one trailing newline.
+pub(crate) async fn basic(username: &str, file: &Path) -> Result<Credential, CredentialError> {
+    const WHAT: &str = "password file";
+    let bytes = read_file(WHAT, file).await?;
+    let fingerprint = fingerprint_of(file, &bytes);
+    let mut text = String::from_utf8(bytes).map_err(|_| bad_file(WHAT, file, "not UTF-8 text"))?;
+    strip_one_newline(&mut text);
+    if text.is_empty() {
+        return Err(bad_file(WHAT, file, "is empty"));
+    }
+    Ok(
+        Credential::login(username, Secret::from(text), Timestamp::now(), None)?
+            .with_fingerprint(fingerprint),
+    )
+}
+
+/// A whole `.dockerconfigjson`, used as is once it parses as one with `auths`.
+pub(crate) async fn docker_config(file: &Path) -> Result<Credential, CredentialError> {
+    const WHAT: &str = "docker config file";
+    let bytes = read_file(WHAT, file).await?;
+    let fingerprint = fingerprint_of(file, &bytes);
+    Ok(Credential::docker_config(bytes, Timestamp::now())
+        .map_err(|e| bad_file(WHAT, file, e.to_string()))?
+        .with_fingerprint(fingerprint))
+}
+
+/// Remove one trailing `\n` or `\r\n` (what `echo` and editors add), nothing more.
+fn strip_one_newline(text: &mut String) {
+    if text.ends_with("\r\n") {
+        text.truncate(text.len() - 2);
+    } else if text.ends_with('\n') {
+        text.truncate(text.len() - 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_one_trailing_newline_is_stripped() {
+        for (input, want) in [
+            ("pw", "pw"),
+            ("pw\n", "pw"),
+            ("pw\r\n", "pw"),
+            ("pw\n\n", "pw\n"),
+            ("pw\r", "pw\r"),
+            (" pw \n", " pw "),
+            ("\n", ""),
+            ("", ""),
+        ] {
+            let mut s = input.to_string();
+            strip_one_newline(&mut s);
+            assert_eq!(s, want, "{input:?}");
+        }
+    }
+}

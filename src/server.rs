@@ -1,0 +1,269 @@
+//! The two HTTP servers: the webhook on HTTPS and the admin endpoints on plain HTTP.
+//!
+//! The webhook runs its own accept loop (rather than a convenience wrapper) because the
+//! admission path needs control that wrappers hide: TCP_NODELAY on every accepted socket
+//! (without it HTTP/2 responses wait on Nagle and delayed ACKs), a bound on concurrent
+//! connections and on the TLS handshake and header read times, and a graceful drain on
+//! shutdown that lets in-flight reviews finish.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use rustls::ServerConfig;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+
+use crate::admission::Admission;
+use crate::metrics::Metrics;
+
+/// Largest request body accepted on `/mutate` (larger gets 413).
+pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
+
+/// Limits of the webhook server.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Concurrent connections; further clients wait in the listen backlog.
+    pub max_connections: usize,
+    /// Time allowed for the TLS handshake.
+    pub handshake_timeout: Duration,
+    /// Time allowed to receive a request's headers (HTTP/1).
+    pub header_read_timeout: Duration,
+    /// Time in-flight requests get to finish on shutdown.
+    pub drain_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 1024,
+            handshake_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(25),
+        }
+    }
+}
+
+/// Readiness inputs, shared between the servers and the tasks that feed them.
+#[derive(Debug, Default)]
+pub struct Health {
+    tls_loaded: AtomicBool,
+    sync_ready: AtomicBool,
+    shutting_down: AtomicBool,
+}
+
+impl Health {
+    /// New state: nothing ready yet.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+    /// The webhook has a certificate (or is disabled).
+    pub fn set_tls_loaded(&self) {
+        self.tls_loaded.store(true, Ordering::Release);
+    }
+    /// The sync task listed namespaces once (or is disabled).
+    pub fn set_sync_ready(&self) {
+        self.sync_ready.store(true, Ordering::Release);
+    }
+    /// Shutdown began: report not ready so that traffic moves elsewhere.
+    pub fn set_shutting_down(&self) {
+        self.shutting_down.store(true, Ordering::Release);
+    }
+    /// Whether `/readyz` answers 200, and if not, why.
+    pub fn readiness(&self) -> Result<(), &'static str> {
+        if self.shutting_down.load(Ordering::Acquire) {
+            Err("shutting down")
+        } else if !self.tls_loaded.load(Ordering::Acquire) {
+            Err("TLS certificate not loaded")
+        } else if !self.sync_ready.load(Ordering::Acquire) {
+            Err("sync task has not listed namespaces yet")
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// The webhook's routes: `POST /mutate`.
+pub fn webhook_router(admission: Arc<Admission>) -> Router {
+    Router::new()
+        .route("/mutate", post(mutate))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(admission)
+}
+
+async fn mutate(
+    State(admission): State<Arc<Admission>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Some(ct) = headers.get(header::CONTENT_TYPE) {
+        let json = ct
+            .to_str()
+            .ok()
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+        if !json {
+            return (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "content type must be application/json\n",
+            )
+                .into_response();
+        }
+    }
+    match admission.handle(&body) {
+        Ok(reviewed) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            reviewed.body,
+        )
+            .into_response(),
+        Err(e) => (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    }
+}
+
+/// State of the admin endpoints.
+#[derive(Debug, Clone)]
+pub struct AdminState {
+    /// Readiness inputs.
+    pub health: Arc<Health>,
+    /// Metrics to export.
+    pub metrics: Metrics,
+}
+
+/// The admin routes: `GET /healthz`, `/readyz`, `/metrics`.
+pub fn admin_router(state: AdminState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(|State(s): State<AdminState>| async move {
+                match s.health.readiness() {
+                    Ok(()) => (StatusCode::OK, "ok\n".to_string()),
+                    Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(|State(s): State<AdminState>| async move {
+                (
+                    [(
+                        header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    s.metrics.encode(),
+                )
+            }),
+        )
+        .with_state(state)
+}
+
+/// Serve `router` over TLS on `listener` until `shutdown` resolves, then drain.
+pub async fn serve_tls(
+    listener: TcpListener,
+    tls: Arc<ServerConfig>,
+    router: Router,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+) {
+    let acceptor = TlsAcceptor::from(tls);
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .keep_alive(true);
+    builder.http2().timer(TokioTimer::new());
+    let builder = Arc::new(builder);
+    let graceful = GracefulShutdown::new();
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    tokio::pin!(shutdown);
+
+    loop {
+        let permit = tokio::select! {
+            _ = &mut shutdown => break,
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let (tcp, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let builder = builder.clone();
+        let service = TowerToHyperService::new(router.clone());
+        let watcher = graceful.watcher();
+        let handshake_timeout = limits.handshake_timeout;
+        tokio::spawn(async move {
+            let _permit = permit;
+            let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let conn = builder.serve_connection(TokioIo::new(tls), service);
+            if let Err(e) = watcher.watch(conn).await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tracing::info!(
+        connections = graceful.count(),
+        "webhook stopped accepting; draining in-flight requests"
+    );
+    if tokio::time::timeout(limits.drain_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("drain timed out; closing remaining connections");
+    }
+}
+
+/// Serve the admin router on plain HTTP until `shutdown` resolves.
+pub async fn serve_admin(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Bind a TCP listener with a clear error naming the address.
+pub async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("binding {what} address {addr}: {e}"))
+}

@@ -1,0 +1,3 @@
+//! The sync task.
+
+pub mod policy;

@@ -1,0 +1,386 @@
+//! Support for end-to-end tests against the real local control plane started by
+//! `scripts/control-plane.sh` (see `scripts/test.sh`): a kube client, the injector binary
+//! as a child process, serving certificates, webhook registration and bounded polls.
+//!
+//! These tests are `#[ignore]`d so that a plain `cargo test` runs without a control plane;
+//! `scripts/test.sh` runs them with `--include-ignored`. When they run and the control plane
+//! is not there, they FAIL with the reason: they never pass silently.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, WebhookClientConfig,
+};
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Path of the admin kubeconfig of the local control plane, or a failure that says how to
+/// start it.
+pub fn kubeconfig_path() -> PathBuf {
+    match std::env::var_os("PSI_TEST_KUBECONFIG") {
+        Some(p) if Path::new(&p).is_file() => PathBuf::from(p),
+        Some(p) => panic!(
+            "PSI_TEST_KUBECONFIG={} does not exist: the local control plane is not running (run scripts/test.sh)",
+            Path::new(&p).display()
+        ),
+        None => panic!(
+            "PSI_TEST_KUBECONFIG is not set: end-to-end tests need the local control plane; run them with scripts/test.sh"
+        ),
+    }
+}
+
+/// An admin client for the local API server.
+pub async fn admin_client() -> Client {
+    let path = kubeconfig_path();
+    let kc =
+        Kubeconfig::read_from(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("kubeconfig {}: {e}", path.display()));
+    Client::try_from(config).expect("building kube client")
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; the race is harmless on loopback).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding 127.0.0.1:0")
+}
+
+/// Poll `f` until it returns `Some`, at most `timeout`; panic with `what` on timeout.
+pub async fn poll<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut delay = Duration::from_millis(20);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(250));
+    }
+}
+
+/// A CA and a serving certificate for 127.0.0.1 made by `certs/generate.sh`.
+pub struct Certs {
+    /// Folder holding ca.crt, tls.crt, tls.key.
+    pub dir: PathBuf,
+    /// PEM of the CA (the webhook's caBundle).
+    pub ca_pem: Vec<u8>,
+}
+
+impl Certs {
+    /// Generate into `dir`.
+    pub fn generate(dir: &Path) -> Self {
+        let out = Command::new("bash")
+            .arg(repo().join("certs/generate.sh"))
+            .arg(dir)
+            .output()
+            .expect("running certs/generate.sh");
+        assert!(
+            out.status.success(),
+            "certs/generate.sh failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self {
+            dir: dir.to_path_buf(),
+            ca_pem: std::fs::read(dir.join("ca.crt")).expect("ca.crt"),
+        }
+    }
+    /// `tls.crt`.
+    pub fn cert(&self) -> PathBuf {
+        self.dir.join("tls.crt")
+    }
+    /// `tls.key`.
+    pub fn key(&self) -> PathBuf {
+        self.dir.join("tls.key")
+    }
+}
+
+/// The injector binary running as a child process.
+pub struct Injector {
+    child: Option<Child>,
+    /// Webhook HTTPS port on 127.0.0.1.
+    pub webhook_port: u16,
+    /// Admin HTTP port on 127.0.0.1.
+    pub admin_port: u16,
+    /// Where its stderr goes.
+    pub log: PathBuf,
+    /// The config file it runs with.
+    pub config: PathBuf,
+}
+
+impl Injector {
+    /// Write a config (`registries_yaml` plus the listen addresses and TLS files) into `dir`
+    /// and start `pullsecret-injector run` with `args`; waits until `/readyz` is ok.
+    pub fn start(
+        dir: &Path,
+        certs: &Certs,
+        namespace_selector: &str,
+        registries_yaml: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
+        let webhook_port = free_port();
+        let admin_port = free_port();
+        let config = dir.join(format!("config-{webhook_port}.yaml"));
+        std::fs::write(
+            &config,
+            format!(
+                "webhook:\n  listen: \"127.0.0.1:{webhook_port}\"\n  tlsCertFile: {}\n  tlsKeyFile: {}\nadmin:\n  listen: \"127.0.0.1:{admin_port}\"\nnamespaceSelector: {namespace_selector:?}\n{registries_yaml}",
+                certs.cert().display(),
+                certs.key().display()
+            ),
+        )
+        .expect("writing config");
+        Self::start_with_config(dir, &config, webhook_port, admin_port, args, env)
+    }
+
+    /// Start with an existing config file whose listen ports are known.
+    pub fn start_with_config(
+        dir: &Path,
+        config: &Path,
+        webhook_port: u16,
+        admin_port: u16,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
+        let log = dir.join(format!("injector-{webhook_port}.log"));
+        let stderr = std::fs::File::create(&log).expect("creating log file");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pullsecret-injector"));
+        cmd.arg("run")
+            .arg("--config")
+            .arg(config)
+            .args(args)
+            .env("RUST_LOG", "info,pullsecret_injector=debug")
+            .env_remove("PULLSECRET_INJECTOR_CONFIG")
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("starting pullsecret-injector");
+        let mut me = Self {
+            child: Some(child),
+            webhook_port,
+            admin_port,
+            log,
+            config: config.to_path_buf(),
+        };
+        me.wait_ready(Duration::from_secs(30));
+        me
+    }
+
+    /// Poll `/readyz` until 200; panics with the log on timeout or early exit.
+    pub fn wait_ready(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("injector exited early with {status}:\n{}", self.log_text());
+            }
+            if let Some((200, _)) = http_get(self.admin_port, "/readyz") {
+                return;
+            }
+            if Instant::now() >= deadline {
+                panic!("injector not ready after {timeout:?}:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `https://127.0.0.1:<port>/mutate`.
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}/mutate", self.webhook_port)
+    }
+
+    /// The process's stderr so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// GET on the admin port.
+    pub fn admin_get(&self, path: &str) -> Option<(u16, String)> {
+        http_get(self.admin_port, path)
+    }
+
+    /// Send SIGTERM and wait (bounded) for the exit status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("injector already stopped");
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(40);
+        loop {
+            if let Some(status) = child.try_wait().expect("waiting for injector") {
+                return status;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                panic!(
+                    "injector did not exit within 40s of SIGTERM:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kill without a chance to clean up.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Injector {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A minimal HTTP/1.0 GET on 127.0.0.1 (no client dependency needed for the admin port).
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let status = buf.split_whitespace().nth(1)?.parse().ok()?;
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+    Some((status, body))
+}
+
+/// Create a namespace with labels and its `default` ServiceAccount (there is no
+/// controller-manager to create it, and Pod admission wants it).
+pub async fn create_namespace(client: &Client, name: &str, labels: &[(&str, &str)]) {
+    let ns = Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            labels: Some(
+                labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap_or_else(|e| panic!("creating namespace {name}: {e}"));
+    let sa = ServiceAccount {
+        metadata: ObjectMeta {
+            name: Some("default".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    match Api::<ServiceAccount>::namespaced(client.clone(), name)
+        .create(&PostParams::default(), &sa)
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => panic!("creating ServiceAccount default in {name}: {e}"),
+    }
+}
+
+/// Register a MutatingWebhookConfiguration that calls `url` for Pod CREATE in namespaces
+/// matching `selector`, as the Helm chart does but by URL (never a Service on the test
+/// API server: it would resolve to a non-loopback ClusterIP).
+pub async fn register_webhook(
+    client: &Client,
+    name: &str,
+    url: &str,
+    ca_pem: &[u8],
+    selector: &str,
+) {
+    let selector =
+        pullsecret_injector::labels::LabelSelector::parse(selector).expect("test selector parses");
+    let mwc = MutatingWebhookConfiguration {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            ..Default::default()
+        },
+        webhooks: Some(vec![MutatingWebhook {
+            name: "pods.pullsecret-injector.io".into(),
+            admission_review_versions: vec!["v1".into()],
+            client_config: WebhookClientConfig {
+                url: Some(url.to_string()),
+                ca_bundle: Some(ByteString(ca_pem.to_vec())),
+                service: None,
+            },
+            namespace_selector: Some(selector.to_k8s()),
+            rules: Some(vec![RuleWithOperations {
+                api_groups: Some(vec!["".into()]),
+                api_versions: Some(vec!["v1".into()]),
+                operations: Some(vec!["CREATE".into()]),
+                resources: Some(vec!["pods".into()]),
+                scope: Some("Namespaced".into()),
+            }]),
+            failure_policy: Some("Ignore".into()),
+            side_effects: "None".into(),
+            timeout_seconds: Some(5),
+            reinvocation_policy: Some("IfNeeded".into()),
+            ..Default::default()
+        }]),
+    };
+    let api = Api::<MutatingWebhookConfiguration>::all(client.clone());
+    let _ = api.delete(name, &DeleteParams::default()).await;
+    api.create(&PostParams::default(), &mwc)
+        .await
+        .unwrap_or_else(|e| panic!("registering webhook {name}: {e}"));
+}
+
+/// Delete a webhook registration (ignoring "not found").
+pub async fn unregister_webhook(client: &Client, name: &str) {
+    let _ = Api::<MutatingWebhookConfiguration>::all(client.clone())
+        .delete(name, &DeleteParams::default())
+        .await;
+}
+
+/// A unique, DNS-safe suffix for names in one test run.
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "{prefix}-{}-{:x}{:x}",
+        std::process::id(),
+        nanos & 0xffff,
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
