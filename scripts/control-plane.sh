@@ -19,6 +19,8 @@
 #         PSI_TEST_CA_FILE                  PEM that verifies the API server's certificate
 #         PSI_TEST_ETCD_URL, PSI_TEST_DIR
 #       Logs: DIR/etcd.log, DIR/kube-apiserver.log; pids: DIR/etcd.pid, DIR/kube-apiserver.pid.
+#       There is no controller-manager: create the "default" ServiceAccount in every namespace
+#       that needs one; TokenRequest (kubectl create token) works.
 #   scripts/control-plane.sh stop DIR
 #       Stops both (TERM, bounded wait, KILL). Safe to repeat and after a failed start.
 #   scripts/control-plane.sh env
@@ -29,8 +31,8 @@
 # Progress and errors go to stderr, prefixed "control-plane:".
 set -euo pipefail
 
-# Newest k8s.io/kubernetes release that builds with Go 1.26 from the module proxy (checked
-# 2025: v1.37.2 is the newest release the proxy serves; it needs go >= 1.26.0).
+# The newest k8s.io/kubernetes release the Go module proxy served when this was written; it
+# builds with Go 1.26 (its go.mod needs go >= 1.26.0).
 KUBE_VERSION=${PSI_KUBE_VERSION:-1.37.2}
 KUBE_SOURCE=${PSI_KUBE_SOURCE:-auto}
 DEBIAN_KUBE_VERSION=1.20.2
@@ -334,6 +336,11 @@ cmd_install() {
         install_kube kube-apiserver
     fi
     if [[ $what != apiserver ]]; then install_kube kubelet; fi
+    if [[ -e $BIN_DIR/kube-apiserver && -e $BIN_DIR/kubelet &&
+        $(readlink "$BIN_DIR/kube-apiserver") != "$(dirname "$(readlink "$BIN_DIR/kubelet")")/kube-apiserver" ]]; then
+        say "WARNING: kube-apiserver and kubelet come from different builds:" \
+            "$(readlink "$BIN_DIR/kube-apiserver"), $(readlink "$BIN_DIR/kubelet")"
+    fi
     say "install done in $(($(date +%s) - t0))s"
 }
 
@@ -438,11 +445,20 @@ launch() {
     echo $! >"$dir/$name.pid"
 }
 
-# wait_for_log NAME DIR PATTERN TIMEOUT: until DIR/NAME.log has PATTERN while NAME runs.
+# owns_port PID PORT: PID holds the listening socket 127.0.0.1:PORT (so a health check on PORT
+# reaches our server, not one of another run).
+owns_port() {
+    local inode
+    inode=$(awk -v a="0100007F:$(printf '%04X' "$2")" '$2 == a && $4 == "0A" { print $10; exit }' /proc/net/tcp)
+    [[ -n $inode ]] && find "/proc/$1/fd" -lname "socket:\[$inode\]" 2>/dev/null | grep -q .
+}
+
+# wait_for_port NAME DIR PORT TIMEOUT: until NAME (pid in DIR/NAME.pid) listens on PORT.
 # Returns 2 if NAME died of a port conflict, 1 on other failures.
-wait_for_log() {
-    local name=$1 dir=$2 pattern=$3 deadline=$((SECONDS + $4))
-    while ! grep -qF -- "$pattern" "$dir/$name.log"; do
+wait_for_port() {
+    local name=$1 dir=$2 port=$3 deadline=$((SECONDS + $4)) pid
+    pid=$(cat "$dir/$name.pid")
+    until owns_port "$pid" "$port"; do
         if ! is_running "$dir/$name.pid" "$name"; then
             if grep -q 'address already in use' "$dir/$name.log"; then return 2; fi
             say "$name exited during startup; last lines of $dir/$name.log:"
@@ -450,7 +466,7 @@ wait_for_log() {
             return 1
         fi
         if ((SECONDS >= deadline)); then
-            say "$name: no '$pattern' in its log after $4 s; last lines of $dir/$name.log:"
+            say "$name is not listening on 127.0.0.1:$port after $4 s; last lines of $dir/$name.log:"
             tail -n 25 "$dir/$name.log" | sed 's/^/    /' >&2
             return 1
         fi
@@ -508,8 +524,13 @@ cmd_start() {
             --initial-cluster "psi=http://127.0.0.1:$pp" --initial-cluster-token "psi-$ep-$$" \
             --initial-cluster-state new
         rc=0
-        wait_for_log etcd "$dir" "serving insecure client requests on 127.0.0.1:$ep" 30 || rc=$?
+        wait_for_port etcd "$dir" "$ep" 30 || rc=$?
         if ((rc == 0)); then
+            deadline=$((SECONDS + 30))
+            until [[ $(curl -sS --max-time 2 "http://127.0.0.1:$ep/health" 2>&1) == *'"health":"true"'* ]]; do
+                ((SECONDS < deadline)) || die "etcd on 127.0.0.1:$ep not healthy after 30 s (log: $dir/etcd.log)"
+                sleep 0.2
+            done
             say "starting kube-apiserver on 127.0.0.1:$ap"
             launch kube-apiserver "$dir" "$lockfd" "$apiserver" \
                 --etcd-servers="http://127.0.0.1:$ep" \
@@ -520,7 +541,7 @@ cmd_start() {
                 --service-account-key-file="$dir/sa.pub" \
                 --service-account-signing-key-file="$dir/sa.key" \
                 --service-cluster-ip-range=10.0.0.0/24 --endpoint-reconciler-type=none
-            wait_for_log kube-apiserver "$dir" "Serving securely on 127.0.0.1:$ap" "$START_TIMEOUT" || rc=$?
+            wait_for_port kube-apiserver "$dir" "$ap" "$START_TIMEOUT" || rc=$?
         fi
         if [[ -n $lockfd ]]; then exec {lockfd}>&-; fi
         ((rc == 0)) && break

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command (README: "Test it"); .ci/run calls exactly this.
 #
-# Runs, in order: rustfmt check, clippy (-D warnings), then every test: unit, integration
+# Runs, in order: rustfmt check, clippy (-D warnings), the Helm chart checks
+# (scripts/chart-check.sh), then every test: unit, integration
 # and the end-to-end tests against a real etcd + kube-apiserver on loopback, which this
 # script installs/builds (cached under ${XDG_CACHE_HOME:-$HOME/.cache}/pullsecret-injector),
 # starts on free ports, and stops on exit. Fails loudly when anything is missing.
@@ -35,6 +36,11 @@ scripts/control-plane.sh start "$cp_dir"
 # shellcheck disable=SC1091
 source "$cp_dir/env"
 echo "kube-apiserver ${PSI_TEST_KUBE_VERSION:-?} at ${PSI_TEST_APISERVER:-?}"
+
+step "Helm chart: lint, render, server-side validation, install/upgrade (helm cached after the first run)"
+PSI_HELM=$(scripts/install-tools.sh helm)
+export PSI_HELM
+scripts/chart-check.sh
 
 step "tests (unit, integration, end-to-end)"
 cargo test --locked -- --include-ignored

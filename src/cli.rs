@@ -11,10 +11,13 @@ use serde_json::Value;
 
 use crate::admission::Admission;
 use crate::config::Settings;
+use crate::credentials::{HttpClient, HttpOptions};
 use crate::metrics::Metrics;
 use crate::mutate::{Decision, PodView, SkipReason, plan};
 use crate::registry::Registries;
 use crate::server::{self, AdminState, Health, Limits};
+use crate::sync::leader::{self, LeaderConfig, LeaderElector};
+use crate::sync::{self, SyncOptions, Syncer};
 use crate::tls::CertStore;
 
 /// Kubernetes admission webhook that injects registry-aware imagePullSecrets, and keeps
@@ -110,24 +113,42 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     if args.no_webhook && args.no_sync {
         bail!("--no-webhook and --no-sync together leave nothing to run");
     }
-    if !args.no_sync {
-        bail!(
-            "the sync task is not available in this build yet; pass --no-sync to run the webhook alone"
-        );
-    }
     let metrics = Metrics::new();
     let health = Health::new();
-    health.set_sync_ready();
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
+    let stopped = {
+        let stop_rx = stop_rx.clone();
+        move || {
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }
         }
     };
 
+    // Everything that can fail on bad input is checked before anything starts serving, so
+    // that the process never runs half-configured.
+    let sync = if args.no_sync {
+        health.set_sync_ready();
+        None
+    } else {
+        Some(prepare_sync(&settings, &metrics, &health).await?)
+    };
+    let webhook = if args.no_webhook {
+        health.set_tls_loaded();
+        None
+    } else {
+        let store = Arc::new(CertStore::load(
+            &settings.tls_cert_file,
+            &settings.tls_key_file,
+        )?);
+        let tls = store.server_config()?;
+        let listener = server::bind(settings.webhook_listen, "webhook.listen").await?;
+        Some((store, tls, listener))
+    };
     let admin_listener = server::bind(settings.admin_listen, "admin.listen").await?;
+
     let admin = tokio::spawn(server::serve_admin(
         admin_listener,
         server::admin_router(AdminState {
@@ -136,16 +157,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         }),
         stopped(),
     ));
-
-    let mut webhook = None;
-    if !args.no_webhook {
-        let store = Arc::new(CertStore::load(
-            &settings.tls_cert_file,
-            &settings.tls_key_file,
-        )?);
-        let tls = store.server_config()?;
-        let listener = server::bind(settings.webhook_listen, "webhook.listen").await?;
-        tracing::info!(address = %listener.local_addr()?, "webhook listening (HTTPS)");
+    let webhook = webhook.map(|(store, tls, listener)| {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(address = %addr, "webhook listening (HTTPS)");
+        }
         health.set_tls_loaded();
         tokio::spawn(store.watch(args.tls_reload_interval, stopped()));
         let admission = Arc::new(Admission::new(
@@ -153,17 +168,16 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             settings.pod_opt_out_annotation.clone(),
             metrics.clone(),
         ));
-        webhook = Some(tokio::spawn(server::serve_tls(
+        tokio::spawn(server::serve_tls(
             listener,
             tls,
             server::webhook_router(admission),
             Limits::default(),
             stopped(),
-        )));
-    } else {
-        health.set_tls_loaded();
-    }
-    tracing::info!(admin = %settings.admin_listen, registries = settings.registries.len(), "pullsecret-injector running");
+        ))
+    });
+    let sync = sync.map(|prepared| prepared.spawn(stop_rx.clone()));
+    tracing::info!(admin = %settings.admin_listen, registries = settings.registries.len(), webhook = !args.no_webhook, sync = !args.no_sync, "pullsecret-injector running");
 
     shutdown_signal().await;
     tracing::info!("shutdown requested: reporting not ready, finishing in-flight requests");
@@ -172,9 +186,108 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(w) = webhook {
         let _ = w.await;
     }
+    if let Some(s) = sync {
+        for t in s {
+            let _ = t.await;
+        }
+    }
     let _ = admin.await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The sync task, built and checked but not started.
+struct PreparedSync {
+    syncer: Syncer,
+    elector: Option<LeaderElector>,
+}
+
+impl PreparedSync {
+    fn spawn(self, stop: tokio::sync::watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {
+        let mut tasks = Vec::new();
+        let (leading_tx, leading_rx) = tokio::sync::watch::channel(self.elector.is_none());
+        if let Some(elector) = self.elector {
+            let mut stop = stop.clone();
+            tasks.push(tokio::spawn(elector.run(leading_tx, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })));
+        } else {
+            // Keep the sender alive for as long as the syncer runs.
+            let mut stop = stop.clone();
+            tasks.push(tokio::spawn(async move {
+                let _ = stop.wait_for(|s| *s).await;
+                drop(leading_tx);
+            }));
+        }
+        tasks.push(tokio::spawn(self.syncer.run(leading_rx, stop)));
+        tasks
+    }
+}
+
+async fn prepare_sync(
+    settings: &Settings,
+    metrics: &Metrics,
+    health: &Arc<Health>,
+) -> anyhow::Result<PreparedSync> {
+    let http = HttpClient::new(HttpOptions::default())?;
+    let registries = sync::registries(settings, &http)?;
+    for r in &registries {
+        for file in r.provider.files() {
+            std::fs::metadata(&file).with_context(|| {
+                format!("registry {}: credentials file {}", r.name, file.display())
+            })?;
+        }
+    }
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
+    let identity = leader::default_identity();
+    let le = &settings.sync.leader_election;
+    let elector = if le.enabled {
+        let namespace = if le.lease_namespace.is_empty() {
+            own_namespace(&client)
+        } else {
+            le.lease_namespace.clone()
+        };
+        tracing::info!(lease = %le.lease_name, namespace = %namespace, identity = %identity, "leader election enabled");
+        Some(LeaderElector::new(
+            client.clone(),
+            LeaderConfig::new(namespace, le.lease_name.clone(), identity.clone()),
+        ))
+    } else {
+        None
+    };
+    let syncer = Syncer::new(
+        client,
+        registries,
+        SyncOptions {
+            selector: settings.namespace_selector.to_string(),
+            refresh_interval: settings.sync.refresh_interval,
+            max_writes_per_second: settings.sync.max_writes_per_second,
+            identity,
+            instance: settings.sync.instance.clone(),
+        },
+        metrics.clone(),
+        health.clone(),
+    );
+    Ok(PreparedSync { syncer, elector })
+}
+
+/// The namespace this process runs in: `POD_NAMESPACE`, the mounted ServiceAccount's
+/// namespace, or the kubeconfig's default namespace.
+fn own_namespace(client: &kube::Client) -> String {
+    if let Ok(ns) = std::env::var("POD_NAMESPACE")
+        && !ns.is_empty()
+    {
+        return ns;
+    }
+    if let Ok(ns) =
+        std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+        && !ns.trim().is_empty()
+    {
+        return ns.trim().to_string();
+    }
+    client.default_namespace().to_string()
 }
 
 async fn shutdown_signal() {
@@ -205,14 +318,41 @@ async fn shutdown_signal() {
 async fn check(config: &Path) -> anyhow::Result<()> {
     let settings = load(config)?;
     println!("config {}: ok", config.display());
-    for r in &settings.registries {
-        let hosts: Vec<String> = r.entry.hosts().iter().map(ToString::to_string).collect();
-        println!(
-            "registry {}: hosts {} secret {} credentials {}",
-            r.entry.name(),
-            hosts.join(","),
-            r.entry.secret_name(),
-            r.credentials.kind()
+    let http = HttpClient::new(HttpOptions::default())?;
+    let registries = sync::registries(&settings, &http)?;
+    let mut failed = Vec::new();
+    for r in &registries {
+        let hosts = r.hosts.join(",");
+        match r.provider.fetch().await {
+            Ok(c) => {
+                let user = c.username().unwrap_or("(docker config file)");
+                let expiry = c
+                    .expires_at()
+                    .map(|t| format!("expires {}", sync::reconcile::rfc3339(t)))
+                    .unwrap_or_else(|| "static".to_string());
+                println!(
+                    "registry {}: ok: hosts {hosts}, secret {}, {} as {user}, {expiry}",
+                    r.name,
+                    r.secret_name,
+                    r.provider.kind()
+                );
+            }
+            Err(e) => {
+                println!(
+                    "registry {}: FAILED: hosts {hosts}, secret {}, {}: {e}",
+                    r.name,
+                    r.secret_name,
+                    r.provider.kind()
+                );
+                failed.push(r.name.clone());
+            }
+        }
+    }
+    if !failed.is_empty() {
+        bail!(
+            "credentials failed for registr{} {}",
+            if failed.len() == 1 { "y" } else { "ies" },
+            failed.join(", ")
         );
     }
     Ok(())

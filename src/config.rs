@@ -102,6 +102,11 @@ pub struct SyncConfig {
     /// Leader election among replicas.
     #[serde(default)]
     pub leader_election: LeaderElectionConfig,
+    /// Name of this installation, written as the `pullsecret-injector.io/instance` label on
+    /// every managed Secret: an installation only ever touches Secrets with its own value, so
+    /// two installations in one cluster never fight over each other's Secrets.
+    #[serde(default = "default_instance")]
+    pub instance: String,
 }
 
 impl Default for SyncConfig {
@@ -110,6 +115,7 @@ impl Default for SyncConfig {
             refresh_interval: default_refresh_interval(),
             max_writes_per_second: default_max_writes(),
             leader_election: LeaderElectionConfig::default(),
+            instance: default_instance(),
         }
     }
 }
@@ -402,6 +408,17 @@ impl Config {
         }
         if self.sync.max_writes_per_second == 0 {
             err("sync.maxWritesPerSecond", "must be at least 1".into());
+        }
+        if self.sync.instance.is_empty()
+            || crate::labels::validate_label_value(&self.sync.instance).is_err()
+        {
+            err(
+                "sync.instance",
+                format!(
+                    "{:?} is not a valid label value (1-63 alphanumerics, '-', '_', '.')",
+                    self.sync.instance
+                ),
+            );
         }
         let le = &self.sync.leader_election;
         if le.enabled && crate::labels::validate_dns_subdomain(&le.lease_name).is_err() {
@@ -707,6 +724,9 @@ fn default_refresh_interval() -> Duration {
 }
 fn default_max_writes() -> u32 {
     20
+}
+fn default_instance() -> String {
+    "pullsecret-injector".into()
 }
 fn default_true() -> bool {
     true

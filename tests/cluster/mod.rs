@@ -263,6 +263,17 @@ impl Injector {
 impl Drop for Injector {
     fn drop(&mut self) {
         self.kill();
+        if std::thread::panicking() {
+            let log = self.log_text();
+            let tail: Vec<&str> = log.lines().rev().take(80).collect();
+            eprintln!(
+                "--- last lines of the injector log {} ---",
+                self.log.display()
+            );
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
     }
 }
 
@@ -383,4 +394,129 @@ pub fn unique(prefix: &str) -> String {
         nanos & 0xffff,
         N.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+/// The Helm binary: `PSI_HELM`, else `helm` on PATH, else the project's cache (installed by
+/// `scripts/chart-check.sh`).
+pub fn helm() -> PathBuf {
+    if let Some(p) = std::env::var_os("PSI_HELM") {
+        return PathBuf::from(p);
+    }
+    if Command::new("helm")
+        .arg("version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        return PathBuf::from("helm");
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .expect("HOME or XDG_CACHE_HOME");
+    let p = cache.join("pullsecret-injector/bin/helm");
+    assert!(
+        p.is_file(),
+        "helm not found (PSI_HELM, PATH, {}): run scripts/test.sh, which installs it",
+        p.display()
+    );
+    p
+}
+
+/// Install the chart's ServiceAccount and RBAC (exactly what the chart renders) for
+/// release `release` in `namespace`, and return a kubeconfig that authenticates as that
+/// ServiceAccount with a TokenRequest token.
+pub async fn chart_service_account(
+    client: &Client,
+    dir: &Path,
+    release: &str,
+    namespace: &str,
+) -> PathBuf {
+    create_namespace(client, namespace, &[]).await;
+    let rendered = Command::new(helm())
+        .args(["template", release])
+        .arg(repo().join("charts/pullsecret-injector"))
+        .args([
+            "--namespace",
+            namespace,
+            "--show-only",
+            "templates/serviceaccount.yaml",
+            "--show-only",
+            "templates/rbac.yaml",
+            // Only RBAC is rendered; the credentials Secret is not part of this test.
+            "--set",
+            "credentials.existingSecret=unused",
+        ])
+        .output()
+        .expect("running helm template");
+    assert!(
+        rendered.status.success(),
+        "helm template failed: {}",
+        String::from_utf8_lossy(&rendered.stderr)
+    );
+    kubectl_apply(&rendered.stdout);
+    let sa = release_service_account(&rendered.stdout);
+    let token = Command::new("kubectl")
+        .env("KUBECONFIG", kubeconfig_path())
+        .args(["create", "token", &sa, "-n", namespace, "--duration", "2h"])
+        .output()
+        .expect("running kubectl create token");
+    assert!(
+        token.status.success(),
+        "kubectl create token failed: {}",
+        String::from_utf8_lossy(&token.stderr)
+    );
+    let token = String::from_utf8(token.stdout).unwrap().trim().to_string();
+    let server = std::env::var("PSI_TEST_APISERVER").expect("PSI_TEST_APISERVER");
+    let ca = std::env::var("PSI_TEST_CA_FILE").expect("PSI_TEST_CA_FILE");
+    let path = dir.join(format!("kubeconfig-{release}"));
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: local\n  cluster:\n    server: {server}\n    certificate-authority: {ca}\nusers:\n- name: sa\n  user:\n    token: {token}\ncontexts:\n- name: sa\n  context: {{cluster: local, user: sa, namespace: {namespace}}}\ncurrent-context: sa\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn release_service_account(rendered: &[u8]) -> String {
+    let text = String::from_utf8_lossy(rendered);
+    for doc in text.split("\n---") {
+        if doc.contains("kind: ServiceAccount") {
+            for line in doc.lines() {
+                if let Some(name) = line.trim().strip_prefix("name: ") {
+                    return name.trim().trim_matches('"').to_string();
+                }
+            }
+        }
+    }
+    panic!("no ServiceAccount in the rendered chart:\n{text}");
+}
+
+/// `kubectl apply -f -` as admin.
+pub fn kubectl_apply(manifests: &[u8]) {
+    let mut child = Command::new("kubectl")
+        .env("KUBECONFIG", kubeconfig_path())
+        .args(["apply", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running kubectl apply");
+    child.stdin.take().unwrap().write_all(manifests).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl apply failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A counter or gauge value from OpenMetrics text (`name{labels}` exactly as printed).
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
 }

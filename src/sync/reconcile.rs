@@ -1,0 +1,416 @@
+//! Bring one namespace's managed Secrets to the desired state.
+//!
+//! Desired: for every registry whose credential is known, a `kubernetes.io/dockerconfigjson`
+//! Secret named `secretName` in every namespace that matches the selector; none of our
+//! Secrets anywhere else. Observed: what the label-filtered Secret watch last saw.
+//!
+//! Writes are careful about what is not ours. A Secret is created with a plain POST, which
+//! fails on an existing object instead of merging into it, so a same-named Secret without our
+//! label is never touched (it is logged, counted and reported as an Event instead). Our own
+//! Secrets are updated by server-side apply (field manager `pullsecret-injector`) carrying
+//! the resourceVersion we observed, so a concurrent change turns into a conflict and a
+//! retry rather than a blind overwrite; deletes carry the observed uid and resourceVersion
+//! as preconditions.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret as K8sSecret;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::core::ObjectMeta;
+use sha2::{Digest, Sha256};
+
+use crate::credentials::Credential;
+
+/// Label on every Secret this project manages (and only on those).
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+/// Value of [`MANAGED_BY_LABEL`], also the server-side apply field manager.
+pub const MANAGER: &str = "pullsecret-injector";
+/// Label naming the installation that manages a Secret (`sync.instance`).
+pub const INSTANCE_LABEL: &str = "pullsecret-injector.io/instance";
+/// Annotation naming the registry entry a Secret belongs to.
+pub const REGISTRY_ANNOTATION: &str = "pullsecret-injector.io/registry";
+/// Annotation with the credential's expiry (RFC 3339); absent for static credentials.
+pub const EXPIRES_AT_ANNOTATION: &str = "pullsecret-injector.io/expires-at";
+/// Secret type of pull Secrets.
+pub const DOCKER_CONFIG_JSON: &str = "kubernetes.io/dockerconfigjson";
+/// Data key of pull Secrets.
+pub const DATA_KEY: &str = ".dockerconfigjson";
+
+/// What the Secret watch saw of one managed Secret (content as a digest, never the bytes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observed {
+    /// `metadata.uid`.
+    pub uid: String,
+    /// `metadata.resourceVersion`.
+    pub resource_version: String,
+    /// Digest of type, annotations and data: equal digests mean nothing to write.
+    pub digest: [u8; 32],
+}
+
+impl Observed {
+    /// Read what matters from a watched Secret.
+    pub fn of(secret: &K8sSecret) -> Self {
+        Self {
+            uid: secret.metadata.uid.clone().unwrap_or_default(),
+            resource_version: secret.metadata.resource_version.clone().unwrap_or_default(),
+            digest: digest(
+                secret.type_.as_deref().unwrap_or_default(),
+                secret.metadata.annotations.as_ref(),
+                secret
+                    .data
+                    .as_ref()
+                    .and_then(|d| d.get(DATA_KEY))
+                    .map(|b| b.0.as_slice()),
+                secret.data.as_ref().map_or(0, BTreeMap::len),
+            ),
+        }
+    }
+}
+
+/// The Secret one registry should have in one namespace.
+pub struct Desired {
+    /// The object to create or apply.
+    pub secret: K8sSecret,
+    /// Its digest, comparable with [`Observed::digest`].
+    pub digest: [u8; 32],
+}
+
+impl std::fmt::Debug for Desired {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Desired")
+            .field("name", &self.secret.metadata.name)
+            .field("namespace", &self.secret.metadata.namespace)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Build the desired Secret for a registry in a namespace.
+pub fn desired(
+    instance: &str,
+    namespace: &str,
+    secret_name: &str,
+    registry: &str,
+    hosts: &[String],
+    credential: &Credential,
+) -> Desired {
+    let data = credential.secret_data(hosts).into_bytes();
+    let mut annotations = BTreeMap::from([(REGISTRY_ANNOTATION.to_string(), registry.to_string())]);
+    if let Some(expires_at) = credential.expires_at() {
+        annotations.insert(EXPIRES_AT_ANNOTATION.to_string(), rfc3339(expires_at));
+    }
+    let digest = digest(DOCKER_CONFIG_JSON, Some(&annotations), Some(&data), 1);
+    let secret = K8sSecret {
+        metadata: ObjectMeta {
+            name: Some(secret_name.to_string()),
+            namespace: Some(namespace.to_string()),
+            labels: Some(BTreeMap::from([
+                (MANAGED_BY_LABEL.to_string(), MANAGER.to_string()),
+                (INSTANCE_LABEL.to_string(), instance.to_string()),
+            ])),
+            annotations: Some(annotations),
+            ..Default::default()
+        },
+        type_: Some(DOCKER_CONFIG_JSON.to_string()),
+        data: Some(BTreeMap::from([(DATA_KEY.to_string(), ByteString(data))])),
+        ..Default::default()
+    };
+    Desired { secret, digest }
+}
+
+/// RFC 3339 in UTC with whole seconds (`2026-11-29T20:00:00Z`).
+pub fn rfc3339(t: jiff::Timestamp) -> String {
+    t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+/// Digest of what we own in a Secret. Annotations other than ours are ignored (others may
+/// annotate our Secrets); any extra data key counts as a difference.
+fn digest(
+    type_: &str,
+    annotations: Option<&BTreeMap<String, String>>,
+    data: Option<&[u8]>,
+    data_keys: usize,
+) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(type_.as_bytes());
+    h.update([0]);
+    for key in [REGISTRY_ANNOTATION, EXPIRES_AT_ANNOTATION] {
+        match annotations.and_then(|a| a.get(key)) {
+            Some(v) => {
+                h.update([1]);
+                h.update(v.as_bytes());
+            }
+            None => h.update([2]),
+        }
+        h.update([0]);
+    }
+    h.update((data_keys as u64).to_le_bytes());
+    match data {
+        Some(d) => {
+            h.update([1]);
+            h.update(d);
+        }
+        None => h.update([2]),
+    }
+    h.finalize().into()
+}
+
+/// Result of one write attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteResult {
+    /// A new Secret was created.
+    Created,
+    /// Our Secret was updated.
+    Updated,
+    /// Our Secret was deleted.
+    Deleted,
+    /// Nothing to do (already gone).
+    Unchanged,
+    /// A Secret with our name but not our label is there; left alone.
+    Foreign,
+    /// Someone changed the object since we observed it; retry after the watch catches up.
+    Conflict,
+}
+
+impl WriteResult {
+    /// The `secret_writes_total{result}` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Created => "created",
+            Self::Updated => "updated",
+            Self::Deleted => "deleted",
+            Self::Unchanged => "unchanged",
+            Self::Foreign => "foreign",
+            Self::Conflict => "conflict",
+        }
+    }
+}
+
+/// A write's result and, when it stored an object, what that object now is.
+pub type Written = (WriteResult, Option<Observed>);
+
+/// Create the Secret, never merging into an existing object.
+pub async fn create(api: &Api<K8sSecret>, desired: &Desired) -> Result<Written, kube::Error> {
+    let pp = PostParams {
+        field_manager: Some(MANAGER.to_string()),
+        ..Default::default()
+    };
+    match api.create(&pp, &desired.secret).await {
+        Ok(s) => Ok((WriteResult::Created, Some(Observed::of(&s)))),
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            // Something is there. Ours (the watch has not caught up) or foreign?
+            let name = desired.secret.metadata.name.as_deref().unwrap_or_default();
+            match api.get_opt(name).await? {
+                Some(existing) if is_managed(&existing, instance_of(desired)) => {
+                    Ok((WriteResult::Conflict, Some(Observed::of(&existing))))
+                }
+                Some(_) => Ok((WriteResult::Foreign, None)),
+                None => Ok((WriteResult::Conflict, None)),
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Update our Secret by server-side apply, guarded by the observed resourceVersion.
+pub async fn update(
+    api: &Api<K8sSecret>,
+    desired: &Desired,
+    observed: &Observed,
+) -> Result<Written, kube::Error> {
+    let mut secret = desired.secret.clone();
+    secret.metadata.resource_version = Some(observed.resource_version.clone());
+    let body = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": secret.metadata,
+        "type": secret.type_,
+        "data": secret.data,
+    });
+    let name = desired.secret.metadata.name.as_deref().unwrap_or_default();
+    let params = PatchParams::apply(MANAGER).force();
+    match api.patch(name, &params, &Patch::Apply(body)).await {
+        Ok(s) => Ok((WriteResult::Updated, Some(Observed::of(&s)))),
+        Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => {
+            Ok((WriteResult::Conflict, None))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Delete our Secret, only if it is still the object we observed.
+pub async fn delete(
+    api: &Api<K8sSecret>,
+    name: &str,
+    observed: &Observed,
+) -> Result<Written, kube::Error> {
+    let dp = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: Some(observed.uid.clone()),
+            resource_version: Some(observed.resource_version.clone()),
+        }),
+        ..Default::default()
+    };
+    match api.delete(name, &dp).await {
+        Ok(_) => Ok((WriteResult::Deleted, None)),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok((WriteResult::Unchanged, None)),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok((WriteResult::Conflict, None)),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether a Secret carries our managed-by label and this installation's instance label.
+pub fn is_managed(secret: &K8sSecret, instance: &str) -> bool {
+    let labels = secret.metadata.labels.as_ref();
+    let label = |k: &str| labels.and_then(|l| l.get(k)).map(String::as_str);
+    label(MANAGED_BY_LABEL) == Some(MANAGER) && label(INSTANCE_LABEL) == Some(instance)
+}
+
+/// The label selector of the Secrets one installation manages.
+pub fn selector(instance: &str) -> String {
+    format!("{MANAGED_BY_LABEL}={MANAGER},{INSTANCE_LABEL}={instance}")
+}
+
+fn instance_of(desired: &Desired) -> &str {
+    desired
+        .secret
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(INSTANCE_LABEL))
+        .map_or("", String::as_str)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::credentials::Secret;
+
+    fn cred(token: &str, expires: Option<&str>) -> Credential {
+        Credential::login(
+            "iam",
+            Secret::new(token),
+            "2026-11-29T08:00:00Z".parse().unwrap(),
+            expires.map(|e| e.parse().unwrap()),
+        )
+        .unwrap()
+    }
+
+    fn hosts() -> Vec<String> {
+        vec!["cr.yandex".into(), "registry.yandexcloud.net".into()]
+    }
+
+    #[test]
+    fn desired_secret_has_contract_type_label_annotations_and_both_hosts() {
+        let d = desired(
+            "psi",
+            "team-a",
+            "yc-registry-secret",
+            "yandex",
+            &hosts(),
+            &cred("t1", Some("2026-11-29T20:00:00.123456Z")),
+        );
+        let s = &d.secret;
+        assert_eq!(s.type_.as_deref(), Some("kubernetes.io/dockerconfigjson"));
+        assert_eq!(s.metadata.namespace.as_deref(), Some("team-a"));
+        assert_eq!(
+            s.metadata.labels.as_ref().unwrap()["app.kubernetes.io/managed-by"],
+            "pullsecret-injector"
+        );
+        assert_eq!(
+            s.metadata.labels.as_ref().unwrap()["pullsecret-injector.io/instance"],
+            "psi"
+        );
+        assert!(is_managed(s, "psi"));
+        assert!(!is_managed(s, "another-installation"));
+        let a = s.metadata.annotations.as_ref().unwrap();
+        assert_eq!(a["pullsecret-injector.io/registry"], "yandex");
+        assert_eq!(
+            a["pullsecret-injector.io/expires-at"],
+            "2026-11-29T20:00:00Z"
+        );
+        let data = &s.data.as_ref().unwrap()[".dockerconfigjson"].0;
+        let parsed = crate::dockerconfig::parse(data).unwrap();
+        assert_eq!(
+            parsed.auths.keys().collect::<Vec<_>>(),
+            ["cr.yandex", "registry.yandexcloud.net"]
+        );
+        assert_eq!(parsed.auths["cr.yandex"].username, "iam");
+    }
+
+    #[test]
+    fn observed_digest_equals_desired_digest_for_the_same_secret() {
+        let d = desired(
+            "psi",
+            "ns",
+            "s",
+            "yandex",
+            &hosts(),
+            &cred("t1", Some("2026-11-29T20:00:00Z")),
+        );
+        let mut stored = d.secret.clone();
+        stored.metadata.uid = Some("u".into());
+        stored.metadata.resource_version = Some("1".into());
+        // Others may add annotations of their own; that is not a difference.
+        stored.metadata.annotations.as_mut().unwrap().insert(
+            "kubectl.kubernetes.io/last-applied-configuration".into(),
+            "{}".into(),
+        );
+        assert_eq!(Observed::of(&stored).digest, d.digest);
+    }
+
+    #[test]
+    fn any_change_to_what_we_own_changes_the_digest() {
+        let base = desired(
+            "psi",
+            "ns",
+            "s",
+            "yandex",
+            &hosts(),
+            &cred("t1", Some("2026-11-29T20:00:00Z")),
+        );
+        let other_token = desired(
+            "psi",
+            "ns",
+            "s",
+            "yandex",
+            &hosts(),
+            &cred("t2", Some("2026-11-29T20:00:00Z")),
+        );
+        let other_expiry = desired(
+            "psi",
+            "ns",
+            "s",
+            "yandex",
+            &hosts(),
+            &cred("t1", Some("2026-11-29T21:00:00Z")),
+        );
+        let static_ = desired("psi", "ns", "s", "yandex", &hosts(), &cred("t1", None));
+        assert_ne!(base.digest, other_token.digest);
+        assert_ne!(base.digest, other_expiry.digest);
+        assert_ne!(base.digest, static_.digest);
+        let mut edited = base.secret.clone();
+        edited
+            .data
+            .as_mut()
+            .unwrap()
+            .insert("extra".into(), ByteString(b"x".to_vec()));
+        assert_ne!(Observed::of(&edited).digest, base.digest);
+        let mut retyped = base.secret.clone();
+        retyped.type_ = Some("Opaque".into());
+        assert_ne!(Observed::of(&retyped).digest, base.digest);
+    }
+
+    #[test]
+    fn debug_of_desired_never_shows_the_token() {
+        let d = desired(
+            "psi",
+            "ns",
+            "s",
+            "yandex",
+            &hosts(),
+            &cred("super-secret-token", None),
+        );
+        assert!(!format!("{d:?}").contains("super-secret-token"));
+    }
+}
