@@ -42,5 +42,8 @@ PSI_HELM=$(scripts/install-tools.sh helm)
 export PSI_HELM
 scripts/chart-check.sh
 
+step "demo (README: Run it): the chart's objects, config and RBAC on its own control plane"
+scripts/demo.sh
+
 step "tests (unit, integration, end-to-end)"
 cargo test --locked -- --include-ignored
