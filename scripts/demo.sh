@@ -31,6 +31,10 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 command -v cargo >/dev/null || die "cargo not found: install Rust (stable) with rustup"
 command -v kubectl >/dev/null || die "kubectl not found"
 command -v python3 >/dev/null || die "python3 not found"
+if ! command -v curl >/dev/null; then
+  say "installing curl"
+  apt-get update -qq && apt-get install -y -qq curl >/dev/null
+fi
 if ! command -v openssl >/dev/null; then
   say "installing openssl"
   apt-get update -qq && apt-get install -y -qq openssl >/dev/null
