@@ -23,6 +23,10 @@
 #       that needs one; TokenRequest (kubectl create token) works.
 #   scripts/control-plane.sh stop DIR
 #       Stops both (TERM, bounded wait, KILL). Safe to repeat and after a failed start.
+#   scripts/control-plane.sh restart-apiserver DIR
+#       Fault tests: (re)start only kube-apiserver, stopping it first if it runs (etcd and
+#       its data stay), on the same port with the same flags, certificates, tokens and
+#       etcd, and wait for /readyz; DIR/env and DIR/kubeconfig stay valid.
 #   scripts/control-plane.sh env
 #       Prints exports for the cached binaries: PSI_KUBE_APISERVER, PSI_KUBELET, PSI_ETCD.
 #
@@ -474,6 +478,55 @@ wait_for_port() {
     done
 }
 
+# launch_apiserver DIR LOCKFD BINARY ETCD_PORT PORT: start kube-apiserver (the one set of flags).
+launch_apiserver() {
+    local dir=$1 fd=$2 bin=$3 ep=$4 ap=$5
+    say "starting kube-apiserver on 127.0.0.1:$ap"
+    launch kube-apiserver "$dir" "$fd" "$bin" \
+        --etcd-servers="http://127.0.0.1:$ep" \
+        --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$ap" \
+        --cert-dir="$dir/certs" \
+        --token-auth-file="$dir/tokens.csv" --authorization-mode=RBAC \
+        --service-account-issuer=https://kubernetes.default.svc \
+        --service-account-key-file="$dir/sa.pub" \
+        --service-account-signing-key-file="$dir/sa.key" \
+        --service-cluster-ip-range=10.0.0.0/24 --endpoint-reconciler-type=none
+}
+
+# env_value DIR NAME: NAME's value in DIR/env (written by start).
+env_value() {
+    [[ -f $1/env ]] || die "$1/env not found: start the control plane first"
+    (
+        # shellcheck disable=SC1091
+        source "$1/env" && printf '%s' "${!2:-}"
+    )
+}
+
+cmd_restart_apiserver() {
+    [[ -n ${1:-} && -d $1 ]] || die "usage: scripts/control-plane.sh restart-apiserver DIR"
+    local dir url etcd_url ep ap token apiserver deadline out rc=0 t0=$SECONDS
+    dir=$(cd "$1" && pwd -P)
+    url=$(env_value "$dir" PSI_TEST_APISERVER)
+    etcd_url=$(env_value "$dir" PSI_TEST_ETCD_URL)
+    ap=${url##*:}
+    ep=${etcd_url##*:}
+    [[ $ap =~ ^[0-9]+$ && $ep =~ ^[0-9]+$ ]] || die "no ports in $dir/env"
+    is_running "$dir/etcd.pid" etcd || die "etcd is not running in $dir"
+    apiserver=${PSI_KUBE_APISERVER:-$BIN_DIR/kube-apiserver}
+    token=$(cut -d, -f1 "$dir/tokens.csv")
+    stop_one "$dir" kube-apiserver
+    launch_apiserver "$dir" "" "$apiserver" "$ep" "$ap"
+    wait_for_port kube-apiserver "$dir" "$ap" "$START_TIMEOUT" || rc=$?
+    ((rc == 0)) || die "kube-apiserver did not listen on 127.0.0.1:$ap again (log: $dir/kube-apiserver.log)"
+    deadline=$((SECONDS + START_TIMEOUT))
+    until out=$(curl -sS --max-time 5 --cacert "$dir/certs/apiserver.crt" -H "Authorization: Bearer $token" "$url/readyz" 2>&1) && [[ $out == ok ]]; do
+        is_running "$dir/kube-apiserver.pid" kube-apiserver || die "kube-apiserver exited before it became ready (log: $dir/kube-apiserver.log)"
+        ((SECONDS < deadline)) || die "kube-apiserver not ready after $START_TIMEOUT s; last /readyz: $out"
+        sleep 0.2
+    done
+    say "kube-apiserver ready again at $url in $((SECONDS - t0))s"
+}
+
 cmd_start() {
     [[ -n ${1:-} ]] || die "usage: scripts/control-plane.sh start DIR"
     local dir=$1 etcd_bin apiserver token ep pp ap
@@ -531,16 +584,7 @@ cmd_start() {
                 ((SECONDS < deadline)) || die "etcd on 127.0.0.1:$ep not healthy after 30 s (log: $dir/etcd.log)"
                 sleep 0.2
             done
-            say "starting kube-apiserver on 127.0.0.1:$ap"
-            launch kube-apiserver "$dir" "$lockfd" "$apiserver" \
-                --etcd-servers="http://127.0.0.1:$ep" \
-                --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$ap" \
-                --cert-dir="$dir/certs" \
-                --token-auth-file="$dir/tokens.csv" --authorization-mode=RBAC \
-                --service-account-issuer=https://kubernetes.default.svc \
-                --service-account-key-file="$dir/sa.pub" \
-                --service-account-signing-key-file="$dir/sa.key" \
-                --service-cluster-ip-range=10.0.0.0/24 --endpoint-reconciler-type=none
+            launch_apiserver "$dir" "$lockfd" "$apiserver" "$ep" "$ap"
             wait_for_port kube-apiserver "$dir" "$ap" "$START_TIMEOUT" || rc=$?
         fi
         if [[ -n $lockfd ]]; then exec {lockfd}>&-; fi
@@ -620,6 +664,7 @@ case ${1:-} in
 install) shift && cmd_install "$@" ;;
 start) shift && cmd_start "$@" ;;
 stop) shift && cmd_stop "$@" ;;
+restart-apiserver) shift && cmd_restart_apiserver "$@" ;;
 env) shift && cmd_env ;;
 -h | --help | help) usage ;;
 *) usage ;;

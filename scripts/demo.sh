@@ -13,10 +13,15 @@
 #      and the ConfigMap;
 #   3. runs the binary on 127.0.0.1 with the chart's config (paths pointed at local files) and
 #      the chart's ServiceAccount token, so it has exactly the chart's RBAC;
-#   4. labels a namespace, creates a Pod from cr.yandex/... with no credentials in its manifest,
-#      and prints the Pod's imagePullSecrets and the managed Secret (values redacted).
-# Static example credentials are used (username iam, password "example-token"); no registry is
-# contacted. Exits non-zero if the Pod does not get its Secret or the Secret is not written.
+#   4. starts a node on loopback (scripts/node.sh: Debian's docker-registry with TLS and
+#      htpasswd, containerd, kubelet; cr.yandex and registry.yandexcloud.net resolve to that
+#      local registry only), and makes the registry accept the example credentials;
+#   5. labels a namespace, creates a Pod from cr.yandex/crp/app:1 with no credentials in its
+#      manifest, waits until it is Running, and prints `kubectl get pods`, the Pod's
+#      imagePullSecrets and the managed Secret's metadata (values redacted).
+# Static example credentials are used (username iam, password "example-token"); nothing
+# outside this machine is contacted. Exits non-zero if the Pod does not get its Secret or
+# does not reach Running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
@@ -45,24 +50,25 @@ injector_pid=
 cleanup() {
   if [[ $keep == 1 ]]; then return; fi
   [[ -n $injector_pid ]] && kill -TERM "$injector_pid" 2>/dev/null && wait "$injector_pid" 2>/dev/null || true
+  scripts/node.sh stop "$work/cp" >/dev/null 2>&1 || true
   scripts/control-plane.sh stop "$work/cp" >/dev/null 2>&1 || true
-  rm -rf "$work"
+  rm -rf --one-file-system "$work"
 }
 trap cleanup EXIT
 
-say "1/6 local control plane: etcd + kube-apiserver (first run builds kube-apiserver: several minutes)"
+say "1/7 local control plane: etcd + kube-apiserver (first run builds kube-apiserver: several minutes)"
 scripts/control-plane.sh install
 scripts/control-plane.sh start "$work/cp"
 # shellcheck disable=SC1091
 source "$work/cp/env"
 echo "kube-apiserver $PSI_TEST_KUBE_VERSION at $PSI_TEST_APISERVER"
 
-say "2/6 building pullsecret-injector (release) and helm (cached after the first run)"
+say "2/7 building pullsecret-injector (release) and helm (cached after the first run)"
 cargo build --release --locked --bin pullsecret-injector
 bin=$repo/target/release/pullsecret-injector
 helm=$(scripts/install-tools.sh helm)
 
-say "3/6 serving certificate for 127.0.0.1 (certs/generate.sh) and example credentials"
+say "3/7 serving certificate for 127.0.0.1 (certs/generate.sh) and example credentials"
 ns=pullsecret-injector
 certs/generate.sh "$work/tls" --namespace "$ns" >/dev/null
 mkdir -p "$work/creds"
@@ -70,7 +76,7 @@ printf 'example-token\n' >"$work/creds/password"
 port=$(free_port)
 admin_port=$(free_port)
 
-say "4/6 rendering the Helm chart in webhook.url mode and applying ServiceAccount, RBAC, webhook, ConfigMap"
+say "4/7 rendering the Helm chart in webhook.url mode and applying ServiceAccount, RBAC, webhook, ConfigMap"
 cat >"$work/values.yaml" <<EOF
 webhook:
   url: https://127.0.0.1:$port/mutate
@@ -109,7 +115,7 @@ contexts: [{name: sa, context: {cluster: local, user: sa, namespace: $ns}}]
 current-context: sa
 EOF
 
-say "5/6 running pullsecret-injector as ServiceAccount $sa (webhook https://127.0.0.1:$port, admin http://127.0.0.1:$admin_port)"
+say "5/7 running pullsecret-injector as ServiceAccount $sa (webhook https://127.0.0.1:$port, admin http://127.0.0.1:$admin_port)"
 KUBECONFIG=$work/sa.kubeconfig POD_NAMESPACE=$ns POD_NAME=demo \
   "$bin" run --config "$work/config.yaml" >"$work/injector.log" 2>&1 &
 injector_pid=$!
@@ -121,9 +127,27 @@ done
 curl -sf "http://127.0.0.1:$admin_port/readyz" >/dev/null || { cat "$work/injector.log"; die "pullsecret-injector not ready after 20 s"; }
 echo "ready"
 
-say "6/6 label a namespace, create a Pod from cr.yandex with no credentials in its manifest"
+say "6/7 a node on loopback: private registry (TLS, htpasswd), containerd, kubelet (first run installs and builds: minutes)"
+scripts/node.sh install
+scripts/node.sh start "$work/cp"
+# shellcheck disable=SC1091
+source "$work/cp/node.env"
+# The registry accepts exactly the example credentials (it re-reads htpasswd when it changes).
+htpasswd -Bbn iam example-token >"$PSI_TEST_REGISTRY_HTPASSWD.new" 2>/dev/null
+touch -d '+2 seconds' "$PSI_TEST_REGISTRY_HTPASSWD.new"
+mv "$PSI_TEST_REGISTRY_HTPASSWD.new" "$PSI_TEST_REGISTRY_HTPASSWD"
+for _ in $(seq 100); do
+  curl -sf --cacert "$PSI_TEST_REGISTRY_CA" -u iam:example-token "https://$PSI_TEST_REGISTRY/v2/" >/dev/null && break
+  sleep 0.1
+done
+curl -sf --cacert "$PSI_TEST_REGISTRY_CA" -u iam:example-token "https://$PSI_TEST_REGISTRY/v2/" >/dev/null ||
+  die "the local registry does not accept the example credentials"
+echo "registry https://$PSI_TEST_REGISTRY serves $PSI_TEST_IMAGE_PATH as cr.yandex/$PSI_TEST_IMAGE_PATH to node local"
+
+say "7/7 label a namespace, create a Pod from cr.yandex with no credentials in its manifest"
 kubectl create namespace demo >/dev/null
 kubectl -n demo create serviceaccount default >/dev/null 2>&1 || true   # no controller-manager here
+labelled_at=$(date +%s.%N)
 kubectl label namespace demo pullsecret-injector.io/inject=enabled
 # The API server picks up a new webhook registration within a second or so: retry the create
 # (server-side dry run) until the webhook answers, bounded.
@@ -132,10 +156,12 @@ apiVersion: v1
 kind: Pod
 metadata: {name: app}
 spec:
+  nodeName: local                 # no scheduler in this local control plane
+  hostNetwork: true               # no CNI on the local node
   automountServiceAccountToken: false
   containers:
     - name: app
-      image: cr.yandex/crp0123456789abcdef/app:1
+      image: cr.yandex/crp/app:1
 EOF
 )
 for _ in $(seq 50); do
@@ -153,6 +179,19 @@ for _ in $(seq 100); do
   kubectl -n demo get secret yc-registry-secret >/dev/null 2>&1 && break
   sleep 0.1
 done
+phase=
+for _ in $(seq 600); do
+  phase=$(kubectl -n demo get pod app -o jsonpath='{.status.phase}')
+  [[ $phase == Running ]] && break
+  sleep 0.1
+done
+running_at=$(date +%s.%N)
+echo
+echo "\$ kubectl -n demo get pods"
+kubectl -n demo get pods
+[[ $phase == Running ]] || { kubectl -n demo describe pod app; cat "$work/injector.log"; die "the Pod did not reach Running in 60 s"; }
+kubectl -n demo get events --field-selector involvedObject.name=app -o custom-columns=REASON:.reason,MESSAGE:.message | grep -E "Pulled|Pulling" || true
+python3 -c "print('namespace labelled -> Pod Running: %.2f s' % ($running_at - $labelled_at))"
 echo
 echo "\$ kubectl -n demo get secret yc-registry-secret -o json   # values redacted"
 kubectl -n demo get secret yc-registry-secret -o json | python3 -c '

@@ -25,11 +25,30 @@ cargo fmt --all -- --check
 step "clippy"
 cargo clippy --locked --all-targets -- -D warnings
 
+step "supply chain: cargo deny (licenses, bans, sources; advisories where the RustSec DB is reachable)"
+scripts/deny.sh
+
 step "control plane: install (cached after the first run)"
 scripts/control-plane.sh install
 
+step "node: install (registry, containerd, runc, kubelet, test images; cached after the first run)"
+scripts/node.sh install
+
+step "helm (cached after the first run)"
+PSI_HELM=$(scripts/install-tools.sh helm)
+export PSI_HELM
+
+# The demo brings up its own control plane and node and removes them; it runs before the
+# test node starts because one machine runs one kubelet at a time.
+step "demo (README: Run it): the chart's objects, config and RBAC; a Pod pulls and runs"
+scripts/demo.sh
+
 cp_dir=$(mktemp -d /tmp/psi-cp.XXXXXX)
-cleanup() { scripts/control-plane.sh stop "$cp_dir" || true; rm -rf "$cp_dir"; }
+cleanup() {
+  scripts/node.sh stop "$cp_dir" || true
+  scripts/control-plane.sh stop "$cp_dir" || true
+  rm -rf --one-file-system "$cp_dir"
+}
 trap cleanup EXIT
 step "control plane: start"
 scripts/control-plane.sh start "$cp_dir"
@@ -37,13 +56,16 @@ scripts/control-plane.sh start "$cp_dir"
 source "$cp_dir/env"
 echo "kube-apiserver ${PSI_TEST_KUBE_VERSION:-?} at ${PSI_TEST_APISERVER:-?}"
 
-step "Helm chart: lint, render, server-side validation, install/upgrade (helm cached after the first run)"
-PSI_HELM=$(scripts/install-tools.sh helm)
-export PSI_HELM
-scripts/chart-check.sh
+step "node: start (registry, containerd, kubelet on loopback)"
+scripts/node.sh start "$cp_dir"
+# shellcheck disable=SC1091
+source "$cp_dir/node.env"
 
-step "demo (README: Run it): the chart's objects, config and RBAC on its own control plane"
-scripts/demo.sh
+step "Helm chart: lint, render, server-side validation, install/upgrade"
+scripts/chart-check.sh
 
 step "tests (unit, integration, end-to-end)"
 cargo test --locked -- --include-ignored
+
+step "benchmark smoke (a few seconds per scenario; fails on errors, never on timings)"
+scripts/bench-admission.sh --smoke

@@ -78,6 +78,14 @@ pub struct RunArgs {
     /// How often the TLS files are re-read to detect rotation.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, hide = true)]
     pub tls_reload_interval: Duration,
+    /// After SIGTERM, keep serving this long while /readyz reports not ready (so that the
+    /// Service's endpoints drop this replica before its listener closes), then drain and
+    /// exit. A second signal cuts the delay short.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub shutdown_delay: Duration,
+    /// How often the credential files are re-read to detect rotation between refreshes.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, hide = true)]
+    pub credential_file_check_interval: Duration,
 }
 
 /// `explain` flags.
@@ -133,7 +141,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         health.set_sync_ready();
         None
     } else {
-        Some(prepare_sync(&settings, &metrics, &health).await?)
+        Some(
+            prepare_sync(
+                &settings,
+                &metrics,
+                &health,
+                args.credential_file_check_interval,
+            )
+            .await?,
+        )
     };
     let webhook = if args.no_webhook {
         health.set_tls_loaded();
@@ -180,8 +196,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     tracing::info!(admin = %settings.admin_listen, registries = settings.registries.len(), webhook = !args.no_webhook, sync = !args.no_sync, "pullsecret-injector running");
 
     shutdown_signal().await;
-    tracing::info!("shutdown requested: reporting not ready, finishing in-flight requests");
     health.set_shutting_down();
+    if !args.shutdown_delay.is_zero() {
+        tracing::info!(delay = %humantime::format_duration(args.shutdown_delay), "shutdown requested: reporting not ready, still serving for the shutdown delay");
+        tokio::select! {
+            _ = tokio::time::sleep(args.shutdown_delay) => {}
+            _ = shutdown_signal() => tracing::info!("second signal: cutting the shutdown delay short"),
+        }
+    }
+    tracing::info!("shutdown requested: reporting not ready, finishing in-flight requests");
     let _ = stop_tx.send(true);
     if let Some(w) = webhook {
         let _ = w.await;
@@ -228,15 +251,17 @@ async fn prepare_sync(
     settings: &Settings,
     metrics: &Metrics,
     health: &Arc<Health>,
+    file_check_interval: Duration,
 ) -> anyhow::Result<PreparedSync> {
     let http = HttpClient::new(HttpOptions::default())?;
     let registries = sync::registries(settings, &http)?;
     for r in &registries {
-        for file in r.provider.files() {
-            std::fs::metadata(&file).with_context(|| {
-                format!("registry {}: credentials file {}", r.name, file.display())
-            })?;
-        }
+        // Read and parse every credential file now (no network): a missing file, a key that
+        // does not parse or an empty password stops `run` before it serves anything.
+        r.provider
+            .validate()
+            .await
+            .with_context(|| format!("registry {}: {} credentials", r.name, r.provider.kind()))?;
     }
     let client = kube::Client::try_default()
         .await
@@ -266,6 +291,7 @@ async fn prepare_sync(
             max_writes_per_second: settings.sync.max_writes_per_second,
             identity,
             instance: settings.sync.instance.clone(),
+            file_check_interval,
         },
         metrics.clone(),
         health.clone(),

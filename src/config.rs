@@ -652,6 +652,14 @@ pub fn check_endpoint(endpoint: &str, allow_link_local_http: bool) -> Result<(),
     let uri: http::Uri = endpoint
         .parse()
         .map_err(|e| format!("{endpoint:?} is not a URL: {e}"))?;
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        // Not quoted: the user info may be a password, and this message is logged.
+        return Err(format!(
+            "{}://…@{}: user info in the URL is not supported (it would show in logs and errors); remove the part before '@'",
+            uri.scheme_str().unwrap_or_default(),
+            uri.host().unwrap_or_default()
+        ));
+    }
     let host = uri
         .host()
         .ok_or_else(|| format!("{endpoint:?} has no host"))?;

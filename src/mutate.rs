@@ -206,21 +206,29 @@ pub fn plan(pod: &PodView<'_>, registries: &Registries, opt_out_annotation: &str
     let already = |name: &str| {
         existing.is_some_and(|list| list.iter().any(|e| e.name.as_deref() == Some(name)))
     };
-    let mut secrets: Vec<String> = Vec::new();
+    // Collect the needed names first and look each up in the Pod's list once: a Pod within
+    // the body limit can carry 10^5 images and 10^5 existing entries, and checking every
+    // image against every entry would take minutes.
+    let mut needed: Vec<&str> = Vec::new();
     let mut unparsable_images = Vec::new();
     for image in pod.images() {
         match registries.match_image(image) {
             Ok(entries) => {
                 for entry in entries {
                     let name = entry.secret_name();
-                    if !already(name) && !secrets.iter().any(|s| s == name) {
-                        secrets.push(name.to_string());
+                    if !needed.contains(&name) {
+                        needed.push(name);
                     }
                 }
             }
             Err(_) => unparsable_images.push(image.to_string()),
         }
     }
+    let secrets: Vec<String> = needed
+        .into_iter()
+        .filter(|name| !already(name))
+        .map(str::to_string)
+        .collect();
 
     let decision = if secrets.is_empty() {
         Decision::Unchanged

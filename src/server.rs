@@ -5,7 +5,14 @@
 //! (without it HTTP/2 responses wait on Nagle and delayed ACKs), a bound on concurrent
 //! connections and on the TLS handshake and header read times, and a graceful drain on
 //! shutdown that lets in-flight reviews finish.
+//!
+//! hyper's HTTP/1 header read timeout does not cover a client that completes the TLS
+//! handshake and then sends nothing (hyper-util's HTTP version detection waits first), nor
+//! an HTTP/2 client that never opens a stream, nor a request body that stalls. So a
+//! connection whose first request has not started within the header read timeout is closed,
+//! and every request gets a bound from its headers to its answer (HTTP 408 after it).
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,11 +28,11 @@ use axum::routing::{get, post};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use rustls::ServerConfig;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
 
 use crate::admission::Admission;
 use crate::metrics::Metrics;
@@ -40,8 +47,12 @@ pub struct Limits {
     pub max_connections: usize,
     /// Time allowed for the TLS handshake.
     pub handshake_timeout: Duration,
-    /// Time allowed to receive a request's headers (HTTP/1).
+    /// Time allowed to receive a request's headers (HTTP/1), and for a new connection's
+    /// first request to start (HTTP/1 and HTTP/2).
     pub header_read_timeout: Duration,
+    /// Time a request gets from its headers to its answer, body included: a client that
+    /// stalls its body gets HTTP 408 and the connection is closed.
+    pub request_timeout: Duration,
     /// Time in-flight requests get to finish on shutdown.
     pub drain_timeout: Duration,
 }
@@ -52,6 +63,7 @@ impl Default for Limits {
             max_connections: 1024,
             handshake_timeout: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(25),
         }
     }
@@ -215,9 +227,11 @@ pub async fn serve_tls(
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let builder = builder.clone();
-        let service = TowerToHyperService::new(router.clone());
+        let started = Arc::new(AtomicBool::new(false));
+        let service = bounded_service(router.clone(), limits.request_timeout, started.clone());
         let watcher = graceful.watcher();
         let handshake_timeout = limits.handshake_timeout;
+        let first_request_timeout = limits.header_read_timeout;
         tokio::spawn(async move {
             let _permit = permit;
             let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
@@ -231,9 +245,18 @@ pub async fn serve_tls(
                     return;
                 }
             };
-            let conn = builder.serve_connection(TokioIo::new(tls), service);
-            if let Err(e) = watcher.watch(conn).await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            let conn = watcher.watch(builder.serve_connection(TokioIo::new(tls), service));
+            let silent = async {
+                tokio::time::sleep(first_request_timeout).await;
+                if started.load(Ordering::Relaxed) {
+                    std::future::pending::<()>().await;
+                }
+            };
+            tokio::select! {
+                r = conn => if let Err(e) = r {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                },
+                _ = silent => tracing::debug!(%peer, "no request after the TLS handshake; closing"),
             }
         });
     }
@@ -248,6 +271,38 @@ pub async fn serve_tls(
     {
         tracing::warn!("drain timed out; closing remaining connections");
     }
+}
+
+/// `router` as a hyper service that records that a request started, and answers HTTP 408
+/// when a request is not read and answered within `timeout`.
+fn bounded_service(
+    router: Router,
+    timeout: Duration,
+    started: Arc<AtomicBool>,
+) -> impl hyper::service::Service<
+    http::Request<hyper::body::Incoming>,
+    Response = Response,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response, Infallible>> + Send + 'static,
+> + Clone {
+    hyper::service::service_fn(move |req| {
+        started.store(true, Ordering::Relaxed);
+        let answer = router.clone().oneshot(req);
+        async move {
+            match tokio::time::timeout(timeout, answer).await {
+                Ok(r) => r,
+                Err(_) => {
+                    tracing::debug!("request not received and answered in time; closing");
+                    Ok((
+                        StatusCode::REQUEST_TIMEOUT,
+                        [(header::CONNECTION, "close")],
+                        "request not received in time\n",
+                    )
+                        .into_response())
+                }
+            }
+        }
+    })
 }
 
 /// Serve the admin router on plain HTTP until `shutdown` resolves.

@@ -415,6 +415,24 @@ impl Provider {
         }
     }
 
+    /// Read and parse the source's files as [`Provider::fetch`] would, without any network
+    /// I/O: a missing or unreadable file, a key file that is not JSON or holds no usable RSA
+    /// key, an empty password, a docker config without `auths`. `run` calls it before it
+    /// serves anything, so that it never starts with credentials that cannot work. Sources
+    /// without files (`yandexMetadata`) always pass.
+    pub async fn validate(&self) -> Result<(), CredentialError> {
+        match &self.source {
+            Source::YandexKey { file, .. } => yandex_key::validate(file).await,
+            Source::Metadata { .. } => Ok(()),
+            Source::JsonKey { file } => static_::json_key(file).await.map(drop),
+            Source::Basic {
+                username,
+                password_file,
+            } => static_::basic(username, password_file).await.map(drop),
+            Source::DockerConfig { file } => static_::docker_config(file).await.map(drop),
+        }
+    }
+
     /// Fingerprint of the current content of [`Provider::files`]. When it differs from
     /// the last credential's [`Credential::fingerprint`], a file changed: fetch again.
     pub async fn files_fingerprint(&self) -> Fingerprint {
@@ -506,6 +524,45 @@ fn user_agent() -> &'static str {
 
 /// The error for a non-2xx answer: the service's JSON `code` and `message` (Yandex Cloud
 /// and gRPC-gateway shape), else a short one-line snippet of the body.
+/// A token service's answer: 2xx with a JSON object carrying a non-empty string `field`.
+/// Returns the parsed JSON (for the expiry fields, which differ per service) and the token;
+/// a non-2xx answer is the service's own error ([`rejection`]).
+fn json_token_answer(
+    endpoint: &str,
+    answer: &http::Answer,
+    field: &str,
+) -> Result<(serde_json::Value, Secret), CredentialError> {
+    if !answer.status.is_success() {
+        return Err(rejection(endpoint, answer));
+    }
+    let bad = |problem: String| bad_answer(endpoint, answer, problem);
+    let value: serde_json::Value = serde_json::from_slice(&answer.body).map_err(|e| {
+        bad(format!(
+            "not JSON ({}, {} bytes)",
+            json_error_kind(&e),
+            answer.body.len()
+        ))
+    })?;
+    let token = match value.get(field) {
+        Some(serde_json::Value::String(t)) if !t.is_empty() => Secret::new(t.clone()),
+        Some(serde_json::Value::String(_)) => {
+            return Err(bad(format!("field {field:?} is empty")));
+        }
+        Some(_) => return Err(bad(format!("field {field:?} is not a string"))),
+        None => return Err(bad(format!("missing field {field:?}"))),
+    };
+    Ok((value, token))
+}
+
+/// A 2xx answer that does not say what it should.
+fn bad_answer(endpoint: &str, answer: &http::Answer, problem: String) -> CredentialError {
+    CredentialError::BadAnswer {
+        endpoint: endpoint.to_string(),
+        status: answer.status,
+        problem,
+    }
+}
+
 fn rejection(endpoint: &str, answer: &http::Answer) -> CredentialError {
     let json: Option<serde_json::Value> = serde_json::from_slice(&answer.body).ok();
     let message = json

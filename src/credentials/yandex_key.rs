@@ -175,6 +175,14 @@ pub(crate) fn sign_jwt(key: &AuthorizedKey, now: Timestamp) -> Result<String, St
     Ok(jwt)
 }
 
+/// Read and parse the key file as [`fetch`] does, without signing or sending anything.
+pub(crate) async fn validate(file: &Path) -> Result<(), CredentialError> {
+    let bytes = read_file(WHAT, file).await?;
+    parse_key_file(&bytes)
+        .map(drop)
+        .map_err(|problem| bad_file(WHAT, file, problem))
+}
+
 /// Read the key file, sign a JWT and exchange it for an IAM token.
 pub(crate) async fn fetch(
     http: &HttpClient,
@@ -223,27 +231,8 @@ pub(crate) fn parse_token_answer(
     endpoint: &str,
     answer: &Answer,
 ) -> Result<(Secret, Timestamp), CredentialError> {
-    if !answer.status.is_success() {
-        return Err(super::rejection(endpoint, answer));
-    }
-    let bad = |problem: String| CredentialError::BadAnswer {
-        endpoint: endpoint.to_string(),
-        status: answer.status,
-        problem,
-    };
-    let value: Value = serde_json::from_slice(&answer.body).map_err(|e| {
-        bad(format!(
-            "not JSON ({}, {} bytes)",
-            super::json_error_kind(&e),
-            answer.body.len()
-        ))
-    })?;
-    let token = match value.get("iamToken") {
-        Some(Value::String(t)) if !t.is_empty() => Secret::new(t.clone()),
-        Some(Value::String(_)) => return Err(bad("field \"iamToken\" is empty".into())),
-        Some(_) => return Err(bad("field \"iamToken\" is not a string".into())),
-        None => return Err(bad("missing field \"iamToken\"".into())),
-    };
+    let (value, token) = super::json_token_answer(endpoint, answer, "iamToken")?;
+    let bad = |problem: String| super::bad_answer(endpoint, answer, problem);
     let expires_at = match value.get("expiresAt") {
         Some(Value::String(t)) => t.parse::<Timestamp>().map_err(|e| {
             bad(format!(

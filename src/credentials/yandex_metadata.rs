@@ -45,27 +45,8 @@ pub(crate) fn parse_token_answer(
     endpoint: &str,
     answer: &Answer,
 ) -> Result<(Secret, SignedDuration), CredentialError> {
-    if !answer.status.is_success() {
-        return Err(super::rejection(endpoint, answer));
-    }
-    let bad = |problem: String| CredentialError::BadAnswer {
-        endpoint: endpoint.to_string(),
-        status: answer.status,
-        problem,
-    };
-    let value: Value = serde_json::from_slice(&answer.body).map_err(|e| {
-        bad(format!(
-            "not JSON ({}, {} bytes)",
-            super::json_error_kind(&e),
-            answer.body.len()
-        ))
-    })?;
-    let token = match value.get("access_token") {
-        Some(Value::String(t)) if !t.is_empty() => Secret::new(t.clone()),
-        Some(Value::String(_)) => return Err(bad("field \"access_token\" is empty".into())),
-        Some(_) => return Err(bad("field \"access_token\" is not a string".into())),
-        None => return Err(bad("missing field \"access_token\"".into())),
-    };
+    let (value, token) = super::json_token_answer(endpoint, answer, "access_token")?;
+    let bad = |problem: String| super::bad_answer(endpoint, answer, problem);
     let expires_in = match value.get("expires_in") {
         Some(v) => v
             .as_f64()

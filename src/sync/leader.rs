@@ -26,8 +26,9 @@
 //!   lease duration.
 //!
 //! RBAC: `get`, `create` and `update` on `leases` in the lease namespace, nothing else (one
-//! object polled every retry period needs no watch). The decision logic ([`decide`],
-//! [`observe`], [`released_spec`]) is pure; [`LeaderElector::run`] is the I/O shell.
+//! object polled every retry period needs no watch). The decision logic (`decide`,
+//! `observe`, `released_spec`) is pure and unit-tested; [`LeaderElector::run`] is the I/O
+//! shell, tested end to end in `tests/e2e_leader.rs`.
 
 use std::future::Future;
 use std::time::Duration;

@@ -29,7 +29,7 @@ use kube::{Api, Client, ResourceExt};
 use tokio::sync::{Notify, watch};
 
 use crate::config::Settings;
-use crate::credentials::{CredentialError, HttpClient, Provider};
+use crate::credentials::{Credential, CredentialError, HttpClient, Provider};
 use crate::metrics::{Metrics, ResultLabel};
 use crate::server::Health;
 use reconcile::{MANAGED_BY_LABEL, MANAGER, Observed, WriteResult};
@@ -85,6 +85,9 @@ pub struct SyncOptions {
     pub identity: String,
     /// `sync.instance`: the installation's label value on its Secrets.
     pub instance: String,
+    /// How often credential files are checked for rotation between refreshes
+    /// ([`refresh::FILE_CHECK_INTERVAL`] unless a test shortens it).
+    pub file_check_interval: Duration,
 }
 
 /// The sync task.
@@ -95,6 +98,9 @@ pub struct Syncer {
     metrics: Metrics,
     health: Arc<Health>,
     shared: Arc<Shared>,
+    /// The latest good credential of each registry (same order as `registries`). Kept
+    /// across terms of leadership, so that a regained lease reuses what is not due yet.
+    credentials: Vec<watch::Sender<Option<Arc<Credential>>>>,
 }
 
 impl std::fmt::Debug for Syncer {
@@ -159,6 +165,7 @@ impl Syncer {
         metrics: Metrics,
         health: Arc<Health>,
     ) -> Self {
+        let credentials = registries.iter().map(|_| watch::channel(None).0).collect();
         Self {
             client,
             registries,
@@ -166,6 +173,7 @@ impl Syncer {
             metrics,
             health,
             shared: Arc::default(),
+            credentials,
         }
     }
 
@@ -206,13 +214,14 @@ impl Syncer {
     fn lead(self: Arc<Self>, stop: watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {
         let mut tasks = Vec::new();
         let mut creds = Vec::new();
-        for r in &self.registries {
-            let (tx, rx) = watch::channel(None);
+        for (r, tx) in self.registries.iter().zip(&self.credentials) {
+            let rx = tx.subscribe();
             tasks.push(tokio::spawn(refresh::refresh_loop(
                 r.name.clone(),
                 r.provider.clone(),
-                tx,
+                tx.clone(),
                 self.options.refresh_interval,
+                self.options.file_check_interval,
                 self.metrics.clone(),
                 stop.clone(),
             )));
@@ -407,8 +416,7 @@ impl Syncer {
                 Ok(false) | Err(_) => {
                     let n = attempts.entry(ns.clone()).or_insert(0);
                     *n = n.saturating_add(1);
-                    let delay = policy::backoff(*n, fastrand::f64()).min(Duration::from_secs(30));
-                    let delay = delay.min(Duration::from_millis(100) * 2u32.saturating_pow(*n));
+                    let delay = requeue_delay(*n, fastrand::f64());
                     let shared = self.shared.clone();
                     tokio::spawn(async move {
                         tokio::time::sleep(delay).await;
@@ -534,6 +542,17 @@ impl Syncer {
     }
 }
 
+/// Delay before namespace retry number `attempt` (1 for the first): 100 ms doubling up to
+/// 30 s, with full jitter in its upper half so that conflicts on many namespaces spread out.
+/// Shorter than the credential backoff: a conflict usually clears as soon as the watch
+/// catches up.
+fn requeue_delay(attempt: u32, random: f64) -> Duration {
+    let cap = Duration::from_millis(100)
+        .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1).min(20)))
+        .min(Duration::from_secs(30));
+    cap.mul_f64(0.5 + 0.5 * random.clamp(0.0, 1.0))
+}
+
 enum WriteResultLabel {
     Result(WriteResult),
     Error,
@@ -587,6 +606,16 @@ mod tests {
         assert_eq!(q.pop().await, "a");
         let popped = tokio::time::timeout(Duration::from_millis(20), q.pop()).await;
         assert!(popped.is_err(), "queue is empty");
+    }
+
+    #[test]
+    fn requeue_delay_doubles_from_100ms_to_30s_with_jitter() {
+        assert_eq!(requeue_delay(1, 1.0), Duration::from_millis(100));
+        assert_eq!(requeue_delay(1, 0.0), Duration::from_millis(50));
+        assert_eq!(requeue_delay(4, 1.0), Duration::from_millis(800));
+        assert_eq!(requeue_delay(20, 1.0), Duration::from_secs(30));
+        assert_eq!(requeue_delay(u32::MAX, 1.0), Duration::from_secs(30));
+        assert_eq!(requeue_delay(0, 1.0), Duration::from_millis(100));
     }
 
     #[tokio::test(start_paused = true)]

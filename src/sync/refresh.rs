@@ -15,22 +15,56 @@ use crate::credentials::{Credential, Fingerprint, Provider};
 use crate::metrics::{Metrics, RefreshLabel, RegistryLabel};
 use crate::sync::policy;
 
-/// How often the credential files are checked for rotation between refreshes.
+/// How often the credential files are checked for rotation between refreshes (the
+/// default of the hidden `run --credential-file-check-interval` flag).
 pub const FILE_CHECK_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The latest good credential of one registry (`None` until the first success).
 pub type CredentialRx = watch::Receiver<Option<Arc<Credential>>>;
 
 /// Refresh `provider`'s credential until `stop` turns true, publishing each success on `tx`.
+/// The credential files are checked for changes every `file_check_interval`.
 pub async fn refresh_loop(
     registry: String,
     provider: Arc<Provider>,
     tx: watch::Sender<Option<Arc<Credential>>>,
     refresh_interval: Duration,
+    file_check_interval: Duration,
     metrics: Metrics,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut failures: u32 = 0;
+    // A credential from an earlier term of leadership is used until it is due: regaining the
+    // lease (e.g. after an API server outage longer than the renew deadline) must not
+    // rewrite every namespace's Secret with a token that is merely newer.
+    let kept = tx.borrow().clone();
+    if let Some(c) = kept {
+        let delay = policy::next_refresh(
+            Timestamp::now(),
+            c.issued_at(),
+            c.expires_at(),
+            refresh_interval,
+            jitter(),
+        );
+        if delay > policy::MIN_REFRESH_DELAY {
+            tracing::info!(
+                registry,
+                refresh_in = %humantime::format_duration(round_secs(delay)),
+                "keeping the credential fetched before; refreshing when it is due"
+            );
+            if wait(
+                delay,
+                &provider,
+                c.fingerprint(),
+                file_check_interval,
+                &mut stop,
+            )
+            .await
+            {
+                return;
+            }
+        }
+    }
     loop {
         // Fingerprint first: a change after this point wakes the wait below.
         let seen = provider.files_fingerprint().await;
@@ -94,7 +128,7 @@ pub async fn refresh_loop(
                 delay
             }
         };
-        if wait(delay, &provider, seen, &mut stop).await {
+        if wait(delay, &provider, seen, file_check_interval, &mut stop).await {
             return;
         }
     }
@@ -105,12 +139,13 @@ async fn wait(
     delay: Duration,
     provider: &Provider,
     seen: Fingerprint,
+    file_check_interval: Duration,
     stop: &mut watch::Receiver<bool>,
 ) -> bool {
     let deadline = tokio::time::Instant::now() + delay;
     let watch_files = !provider.files().is_empty();
     loop {
-        let next_check = tokio::time::Instant::now() + FILE_CHECK_INTERVAL;
+        let next_check = tokio::time::Instant::now() + file_check_interval;
         let wake = if watch_files {
             deadline.min(next_check)
         } else {
@@ -136,4 +171,83 @@ fn jitter() -> f64 {
 
 fn round_secs(d: Duration) -> Duration {
     Duration::from_secs(d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::CredentialSource;
+    use crate::credentials::{HttpClient, HttpOptions, Secret};
+
+    fn basic_provider(dir: &std::path::Path) -> Arc<Provider> {
+        let password_file = dir.join("password");
+        std::fs::write(&password_file, "from-the-file\n").unwrap();
+        let source = CredentialSource::Basic {
+            username: "robot".into(),
+            password_file,
+        };
+        let http = HttpClient::new(HttpOptions::default()).unwrap();
+        Arc::new(Provider::new(&source, &http).unwrap())
+    }
+
+    /// Run the loop for `for_` (real time: file reads) and return the successful fetches.
+    async fn run_for(
+        provider: Arc<Provider>,
+        tx: watch::Sender<Option<Arc<Credential>>>,
+        for_: Duration,
+    ) -> u64 {
+        let metrics = Metrics::new();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(refresh_loop(
+            "r".into(),
+            provider,
+            tx,
+            Duration::from_secs(3600),
+            Duration::from_millis(20),
+            metrics.clone(),
+            stop_rx,
+        ));
+        tokio::time::sleep(for_).await;
+        stop_tx.send(true).unwrap();
+        task.await.unwrap();
+        metrics
+            .credential_refresh
+            .get_or_create(&RefreshLabel {
+                registry: "r".into(),
+                result: "success",
+            })
+            .get()
+    }
+
+    #[tokio::test]
+    async fn credential_from_an_earlier_term_of_leadership_is_kept_until_it_is_due() {
+        let dir = tempfile::tempdir().unwrap();
+        let provider = basic_provider(dir.path());
+        let earlier = Arc::new(provider.fetch().await.unwrap());
+        let (tx, _rx) = watch::channel(Some(earlier.clone()));
+        let fetches = run_for(provider, tx.clone(), Duration::from_millis(200)).await;
+        assert_eq!(fetches, 0, "not fetched again");
+        assert!(Arc::ptr_eq(tx.borrow().as_ref().unwrap(), &earlier));
+    }
+
+    #[tokio::test]
+    async fn credential_from_an_earlier_term_is_refreshed_at_once_when_due_or_its_file_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let provider = basic_provider(dir.path());
+        let files = provider.files_fingerprint().await;
+        let two_hours_ago = Timestamp::now() - jiff::SignedDuration::from_hours(2);
+        let due = Credential::login("robot", Secret::new("old"), two_hours_ago, None)
+            .unwrap()
+            .with_fingerprint(files);
+        // Fresh, but made from other file content.
+        let stale_files =
+            Credential::login("robot", Secret::new("old"), Timestamp::now(), None).unwrap();
+        for earlier in [due, stale_files] {
+            let (tx, _rx) = watch::channel(Some(Arc::new(earlier)));
+            let fetches = run_for(provider.clone(), tx.clone(), Duration::from_millis(300)).await;
+            assert_eq!(fetches, 1);
+            let now = tx.borrow().clone().unwrap();
+            assert_eq!(now.password().unwrap().expose(), "from-the-file");
+        }
+    }
 }
