@@ -26,16 +26,8 @@ fn admission() -> Admission {
     )
 }
 
-/// Sizes of the sweep: 4 KiB .. 3 MiB.
-const SWEEP: &[usize] = &[
-    4 << 10,
-    10 << 10,
-    64 << 10,
-    256 << 10,
-    1 << 20,
-    2 << 20,
-    3 << 20,
-];
+/// Sizes of the sweep: the 5.5 KB fixture (0 = as committed) .. 3 MiB.
+const SWEEP: &[usize] = &[0, 10 << 10, 64 << 10, 256 << 10, 1 << 20, 2 << 20, 3 << 20];
 
 fn bench_handle(c: &mut Criterion) {
     let a = admission();
@@ -78,7 +70,8 @@ fn bench_sweep(c: &mut Criterion) {
     for &size in SWEEP {
         let body = fixtures::review_of_size(size);
         group.throughput(Throughput::Bytes(body.len() as u64));
-        group.bench_with_input(BenchmarkId::from_parameter(size), &body, |b, body| {
+        let id = BenchmarkId::from_parameter(fixtures::human(body.len()));
+        group.bench_with_input(id, &body, |b, body| {
             b.iter(|| a.handle(black_box(body)).expect("answered"))
         });
     }
@@ -119,11 +112,7 @@ fn summary(budget: Duration) {
     println!();
     println!("| body | calls | p50 us | p99 us | p99.9 us | ns/byte (p50) |");
     println!("|---:|---:|---:|---:|---:|---:|");
-    let mut sizes: Vec<usize> = vec![0, 64 << 10, 1 << 20];
-    sizes.extend_from_slice(SWEEP);
-    sizes.sort_unstable();
-    sizes.dedup();
-    for size in sizes {
+    for &size in SWEEP {
         let body = fixtures::review_of_size(size);
         let s = timed_calls(&a, &body, budget);
         println!(

@@ -10,7 +10,7 @@
 # TLS connection per request, server CPU seconds per 10k requests, peak RSS, errors, and the
 # headline figure (5.5 KB, c=32) three times with its median. About 5 minutes.
 #
-#   --smoke   every scenario for ~1 s (CI): exits 1 on any failed request, never on timings.
+#   --smoke   every scenario for 0.5 s (CI): exits 1 on any failed request, never on timings.
 #             Built with the dev profile unless PSI_BENCH_PROFILE is set (reuses `cargo test`'s
 #             build); the timings of a dev build mean nothing.
 #

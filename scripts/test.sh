@@ -67,5 +67,5 @@ scripts/chart-check.sh
 step "tests (unit, integration, end-to-end)"
 cargo test --locked -- --include-ignored
 
-step "benchmark smoke (a few seconds per scenario; fails on errors, never on timings)"
+step "benchmark smoke (0.5 s per scenario; fails on errors, never on timings)"
 scripts/bench-admission.sh --smoke
