@@ -34,7 +34,12 @@ if ! [[ -x $bin ]] || ! "$bin" --version 2>/dev/null | grep -q " $CARGO_DENY_VER
 fi
 say "$("$bin" --version)"
 
-# Licenses, bans and sources need only Cargo.lock and the local registry cache.
+# Licenses, bans and sources read every crate's manifest for every target platform, also
+# those this machine never compiles (Windows-only crates, say); `cargo build` and `clippy`
+# download only the host's. Fetch them all first, or a fresh machine (empty CARGO_HOME) fails
+# with "failed to download ... --offline was specified". Seconds when the cache is warm.
+say "cargo fetch --locked (every platform's crates, for the license check)"
+cargo fetch --locked --quiet || { say "ERROR: cargo fetch --locked failed: crates.io unreachable?"; exit 1; }
 "$bin" --offline check --hide-inclusion-graph licenses bans sources
 
 if [[ $mode == skip ]]; then
