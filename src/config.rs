@@ -155,28 +155,157 @@ pub struct RegistryConfig {
     pub hosts: Vec<String>,
     /// Name of the managed Secret in every opted-in namespace.
     pub secret_name: String,
-    /// Where the credentials come from (exactly one source).
-    pub credentials: CredentialsConfig,
+    /// Where the credentials come from: every source the file names, in file order
+    /// (validation requires exactly one, so that the message can list what was found).
+    pub credentials: CredentialSources,
 }
 
-/// `registries[].credentials`: exactly one field must be set.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct CredentialsConfig {
+/// The credential source of one registry: one tagged enum from the config file to the
+/// provider that fetches it ([`crate::credentials::Provider`]). In YAML it is a map with
+/// exactly one key, the source's name.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum CredentialSource {
     /// IAM tokens minted from a service-account authorized key.
-    pub yandex_authorized_key: Option<YandexAuthorizedKey>,
+    YandexAuthorizedKey(YandexAuthorizedKey),
     /// IAM tokens from the VM metadata service.
-    pub yandex_metadata: Option<YandexMetadata>,
+    YandexMetadata(YandexMetadata),
     /// Static `json_key` login with the key file as password (Container Registry only).
-    pub yandex_json_key: Option<FileSource>,
+    YandexJsonKey(FileSource),
     /// Static username and password file.
-    pub basic: Option<Basic>,
+    Basic(Basic),
     /// A `.dockerconfigjson` file copied as is.
-    pub docker_config: Option<FileSource>,
+    DockerConfig(FileSource),
+}
+
+/// The config keys of [`CredentialSource`], in the order messages list them.
+pub const CREDENTIAL_SOURCES: &[&str] = &[
+    "yandexAuthorizedKey",
+    "yandexMetadata",
+    "yandexJsonKey",
+    "basic",
+    "dockerConfig",
+];
+
+impl CredentialSource {
+    /// The config key of this source, for messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::YandexAuthorizedKey(_) => "yandexAuthorizedKey",
+            Self::YandexMetadata(_) => "yandexMetadata",
+            Self::YandexJsonKey(_) => "yandexJsonKey",
+            Self::Basic(_) => "basic",
+            Self::DockerConfig(_) => "dockerConfig",
+        }
+    }
+
+    /// Check the values a provider cannot work without; `path` is the source's field path
+    /// (`registries[0].credentials.basic`). Files are read later, by the provider.
+    fn check(&self, path: &str) -> Result<(), FieldError> {
+        let field = |name: &str, message: String| FieldError {
+            path: format!("{path}.{name}"),
+            message,
+        };
+        let file = |name: &str, file: &Path| {
+            if file.as_os_str().is_empty() {
+                Err(field(name, "must not be empty".into()))
+            } else {
+                Ok(())
+            }
+        };
+        match self {
+            Self::YandexAuthorizedKey(k) => {
+                file("file", &k.file)?;
+                check_endpoint(&k.endpoint, false).map_err(|m| field("endpoint", m))
+            }
+            Self::YandexMetadata(m) => {
+                check_endpoint(&m.endpoint, true).map_err(|m| field("endpoint", m))
+            }
+            Self::YandexJsonKey(f) | Self::DockerConfig(f) => file("file", &f.file),
+            Self::Basic(b) => {
+                if b.username.is_empty() || b.username.contains(':') {
+                    return Err(field(
+                        "username",
+                        format!(
+                            "{:?} must be non-empty and must not contain ':'",
+                            b.username
+                        ),
+                    ));
+                }
+                file("passwordFile", &b.password_file)
+            }
+        }
+    }
+}
+
+/// `registries[].credentials` as written: each key parsed into its [`CredentialSource`].
+/// Parsing accepts any number of known keys (an unknown one is an error naming it) so that
+/// validation can say "exactly one ... found basic, dockerConfig".
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CredentialSources(pub Vec<CredentialSource>);
+
+impl<'de> Deserialize<'de> for CredentialSources {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Sources;
+        impl<'de> serde::de::Visitor<'de> for Sources {
+            type Value = CredentialSources;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "a map with one of {}", CREDENTIAL_SOURCES.join(", "))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut found = Vec::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    if !CREDENTIAL_SOURCES.contains(&key.as_str()) {
+                        return Err(serde::de::Error::unknown_field(&key, CREDENTIAL_SOURCES));
+                    }
+                    // The derived enum reads the key as its tag and the value in place, so
+                    // errors inside the value keep the parser's path and position.
+                    let entry = OneEntry {
+                        key: Some(key),
+                        map: &mut map,
+                    };
+                    found.push(CredentialSource::deserialize(
+                        serde::de::value::MapAccessDeserializer::new(entry),
+                    )?);
+                }
+                Ok(CredentialSources(found))
+            }
+        }
+        d.deserialize_map(Sources)
+    }
+}
+
+/// The current entry of an outer map, seen as a map of its own with that one entry.
+struct OneEntry<'a, A> {
+    key: Option<String>,
+    map: &'a mut A,
+}
+
+impl<'de, A: serde::de::MapAccess<'de>> serde::de::MapAccess<'de> for OneEntry<'_, A> {
+    type Error = A::Error;
+    fn next_key_seed<K: serde::de::DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, A::Error> {
+        use serde::de::IntoDeserializer;
+        match self.key.take() {
+            Some(key) => seed.deserialize(key.into_deserializer()).map(Some),
+            None => Ok(None),
+        }
+    }
+    fn next_value_seed<V: serde::de::DeserializeSeed<'de>>(
+        &mut self,
+        seed: V,
+    ) -> Result<V::Value, A::Error> {
+        self.map.next_value_seed(seed)
+    }
 }
 
 /// `credentials.yandexAuthorizedKey`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct YandexAuthorizedKey {
     /// Path of the authorized key JSON (`yc iam key create` output).
@@ -187,7 +316,7 @@ pub struct YandexAuthorizedKey {
 }
 
 /// `credentials.yandexMetadata`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct YandexMetadata {
     /// Metadata token endpoint.
@@ -195,8 +324,8 @@ pub struct YandexMetadata {
     pub endpoint: String,
 }
 
-/// A credential source that is just a file.
-#[derive(Debug, Clone, Deserialize)]
+/// A credential source that is just a file (`yandexJsonKey`, `dockerConfig`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FileSource {
     /// Path of the file.
@@ -204,60 +333,13 @@ pub struct FileSource {
 }
 
 /// `credentials.basic`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Basic {
     /// Registry username.
     pub username: String,
     /// Path of a file holding the password (trailing newline stripped).
     pub password_file: PathBuf,
-}
-
-/// The validated credential source of one registry.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CredentialSource {
-    /// See [`CredentialsConfig::yandex_authorized_key`].
-    YandexAuthorizedKey {
-        /// Key file.
-        file: PathBuf,
-        /// IAM endpoint.
-        endpoint: String,
-    },
-    /// See [`CredentialsConfig::yandex_metadata`].
-    YandexMetadata {
-        /// Metadata endpoint.
-        endpoint: String,
-    },
-    /// See [`CredentialsConfig::yandex_json_key`].
-    YandexJsonKey {
-        /// Key file.
-        file: PathBuf,
-    },
-    /// See [`CredentialsConfig::basic`].
-    Basic {
-        /// Username.
-        username: String,
-        /// Password file.
-        password_file: PathBuf,
-    },
-    /// See [`CredentialsConfig::docker_config`].
-    DockerConfig {
-        /// `.dockerconfigjson` file.
-        file: PathBuf,
-    },
-}
-
-impl CredentialSource {
-    /// The config key of this source, for messages.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Self::YandexAuthorizedKey { .. } => "yandexAuthorizedKey",
-            Self::YandexMetadata { .. } => "yandexMetadata",
-            Self::YandexJsonKey { .. } => "yandexJsonKey",
-            Self::Basic { .. } => "basic",
-            Self::DockerConfig { .. } => "dockerConfig",
-        }
-    }
 }
 
 /// One registry after validation.
@@ -491,7 +573,7 @@ impl Config {
                 }
             }
             let credentials = validate_credentials(&r.credentials, &format!("{p}.credentials"))
-                .map_err(|(path, m)| err(&path, m))
+                .map_err(|e| err(&e.path, e.message))
                 .ok();
             if let Some(credentials) = credentials {
                 registries.push(Registry {
@@ -549,101 +631,28 @@ impl Settings {
     }
 }
 
+/// Exactly one source, and its values checked.
 fn validate_credentials(
-    c: &CredentialsConfig,
+    sources: &CredentialSources,
     path: &str,
-) -> Result<CredentialSource, (String, String)> {
-    let mut set: Vec<(&str, CredentialSource)> = Vec::new();
-    if let Some(k) = &c.yandex_authorized_key {
-        set.push((
-            "yandexAuthorizedKey",
-            CredentialSource::YandexAuthorizedKey {
-                file: k.file.clone(),
-                endpoint: k.endpoint.clone(),
-            },
-        ));
-    }
-    if let Some(m) = &c.yandex_metadata {
-        set.push((
-            "yandexMetadata",
-            CredentialSource::YandexMetadata {
-                endpoint: m.endpoint.clone(),
-            },
-        ));
-    }
-    if let Some(f) = &c.yandex_json_key {
-        set.push((
-            "yandexJsonKey",
-            CredentialSource::YandexJsonKey {
-                file: f.file.clone(),
-            },
-        ));
-    }
-    if let Some(b) = &c.basic {
-        set.push((
-            "basic",
-            CredentialSource::Basic {
-                username: b.username.clone(),
-                password_file: b.password_file.clone(),
-            },
-        ));
-    }
-    if let Some(f) = &c.docker_config {
-        set.push((
-            "dockerConfig",
-            CredentialSource::DockerConfig {
-                file: f.file.clone(),
-            },
-        ));
-    }
-    if set.len() != 1 {
-        let found = set.iter().map(|(k, _)| *k).collect::<Vec<_>>();
-        return Err((
-            path.to_string(),
-            format!(
-                "exactly one of yandexAuthorizedKey, yandexMetadata, yandexJsonKey, basic, dockerConfig must be set, found {}",
+) -> Result<CredentialSource, FieldError> {
+    let [source] = sources.0.as_slice() else {
+        let found: Vec<&str> = sources.0.iter().map(CredentialSource::kind).collect();
+        return Err(FieldError {
+            path: path.to_string(),
+            message: format!(
+                "exactly one of {} must be set, found {}",
+                CREDENTIAL_SOURCES.join(", "),
                 if found.is_empty() {
                     "none".to_string()
                 } else {
                     found.join(", ")
                 }
             ),
-        ));
-    }
-    let (key, source) = set.remove(0);
-    let sub = format!("{path}.{key}");
-    match &source {
-        CredentialSource::YandexAuthorizedKey { file, endpoint } => {
-            check_file(file, &format!("{sub}.file"))?;
-            check_endpoint(endpoint, false).map_err(|m| (format!("{sub}.endpoint"), m))?;
-        }
-        CredentialSource::YandexMetadata { endpoint } => {
-            check_endpoint(endpoint, true).map_err(|m| (format!("{sub}.endpoint"), m))?;
-        }
-        CredentialSource::YandexJsonKey { file } | CredentialSource::DockerConfig { file } => {
-            check_file(file, &format!("{sub}.file"))?;
-        }
-        CredentialSource::Basic {
-            username,
-            password_file,
-        } => {
-            if username.is_empty() || username.contains(':') {
-                return Err((
-                    format!("{sub}.username"),
-                    format!("{username:?} must be non-empty and must not contain ':'"),
-                ));
-            }
-            check_file(password_file, &format!("{sub}.passwordFile"))?;
-        }
-    }
-    Ok(source)
-}
-
-fn check_file(file: &Path, path: &str) -> Result<(), (String, String)> {
-    if file.as_os_str().is_empty() {
-        return Err((path.to_string(), "must not be empty".into()));
-    }
-    Ok(())
+        });
+    };
+    source.check(&format!("{path}.{}", source.kind()))?;
+    Ok(source.clone())
 }
 
 /// Endpoints are `https://`; `http://` only to loopback (local stand-ins) and, for the
@@ -796,10 +805,10 @@ registries:
         assert_eq!(s.registries.len(), 1);
         assert_eq!(
             s.registries[0].credentials,
-            CredentialSource::YandexAuthorizedKey {
+            CredentialSource::YandexAuthorizedKey(YandexAuthorizedKey {
                 file: "/creds/key.json".into(),
                 endpoint: DEFAULT_IAM_ENDPOINT.into()
-            }
+            })
         );
     }
 
@@ -848,9 +857,9 @@ registries:
         assert_eq!(s.registries.len(), 4);
         assert_eq!(
             s.registries[0].credentials,
-            CredentialSource::YandexMetadata {
+            CredentialSource::YandexMetadata(YandexMetadata {
                 endpoint: DEFAULT_METADATA_ENDPOINT.into()
-            }
+            })
         );
         assert_eq!(s.registries[1].credentials.kind(), "basic");
     }
@@ -941,6 +950,42 @@ registries:
         let errs =
             invalid("registries: [{ name: a, hosts: [x.io], secretName: s, credentials: {} }]\n");
         assert!(errs[0].ends_with("found none"), "{errs:?}");
+    }
+
+    #[test]
+    fn credential_source_is_one_tagged_entry_with_errors_naming_key_and_field() {
+        let with = |source: &str| {
+            MINIMAL.replace("yandexAuthorizedKey: { file: /creds/key.json }", source)
+        };
+        let e = load(&with("vault: { path: x }")).unwrap_err().to_string();
+        assert!(
+            e.contains("unknown field `vault`, expected one of `yandexAuthorizedKey`"),
+            "{e}"
+        );
+        let e = load(&with("basic: { username: u, passwrdFile: /p }"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("registries[0].credentials.basic")
+                && e.contains("unknown field `passwrdFile`"),
+            "{e}"
+        );
+        let e = load(&with("yandexJsonKey: {}")).unwrap_err().to_string();
+        assert!(e.contains("missing field `file`"), "{e}");
+        for (source, kind) in [
+            ("yandexMetadata: {}", "yandexMetadata"),
+            ("yandexJsonKey: { file: /k }", "yandexJsonKey"),
+            ("basic: { username: u, passwordFile: /p }", "basic"),
+            ("dockerConfig: { file: /d }", "dockerConfig"),
+        ] {
+            let s = load(&with(source)).expect(source);
+            assert_eq!(s.registries[0].credentials.kind(), kind);
+            assert!(CREDENTIAL_SOURCES.contains(&kind));
+        }
+        assert_eq!(
+            invalid(&with("yandexJsonKey: { file: \"\" }")),
+            vec!["registries[0].credentials.yandexJsonKey.file: must not be empty"]
+        );
     }
 
     #[test]

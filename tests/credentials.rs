@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use common::iam::{IamStandIn, Mode, TestKey};
 use common::metadata::{self, MetadataStandIn};
 use jiff::{SignedDuration, Timestamp};
-use pullsecret_injector::config::CredentialSource;
+use pullsecret_injector::config::{
+    Basic, CredentialSource, FileSource, YandexAuthorizedKey, YandexMetadata,
+};
 use pullsecret_injector::credentials::{
     Credential, CredentialData, CredentialError, HttpClient, HttpOptions, Provider,
 };
@@ -36,10 +38,10 @@ fn key_provider(file: &Path, endpoint: &str) -> Provider {
 
 fn key_provider_with(file: &Path, endpoint: &str, http: &HttpClient) -> Provider {
     Provider::new(
-        &CredentialSource::YandexAuthorizedKey {
+        &CredentialSource::YandexAuthorizedKey(YandexAuthorizedKey {
             file: file.to_path_buf(),
             endpoint: endpoint.to_string(),
-        },
+        }),
         http,
     )
     .expect("provider")
@@ -47,9 +49,9 @@ fn key_provider_with(file: &Path, endpoint: &str, http: &HttpClient) -> Provider
 
 fn metadata_provider(endpoint: &str, http: &HttpClient) -> Provider {
     Provider::new(
-        &CredentialSource::YandexMetadata {
+        &CredentialSource::YandexMetadata(YandexMetadata {
             endpoint: endpoint.to_string(),
-        },
+        }),
         http,
     )
     .expect("provider")
@@ -346,10 +348,10 @@ async fn hanging_service_times_out_within_the_bound() {
     iam.set_mode(Mode::Hang);
     let dir = tempfile::tempdir().unwrap();
     let provider = Provider::new(
-        &CredentialSource::YandexAuthorizedKey {
+        &CredentialSource::YandexAuthorizedKey(YandexAuthorizedKey {
             file: key.write_key_file(dir.path(), false),
             endpoint: iam.endpoint(),
-        },
+        }),
         &client_with(Duration::from_millis(300)),
     )
     .unwrap();
@@ -490,10 +492,10 @@ async fn debug_output_never_shows_tokens_or_key_material() {
 #[tokio::test]
 async fn plain_http_endpoint_that_is_not_loopback_is_refused() {
     let e = Provider::new(
-        &CredentialSource::YandexAuthorizedKey {
+        &CredentialSource::YandexAuthorizedKey(YandexAuthorizedKey {
             file: "/k".into(),
             endpoint: "http://iam.api.cloud.yandex.net/iam/v1/tokens".into(),
-        },
+        }),
         &client(),
     )
     .unwrap_err();
@@ -501,9 +503,9 @@ async fn plain_http_endpoint_that_is_not_loopback_is_refused() {
     // The metadata address is link-local plain HTTP by design.
     assert!(
         Provider::new(
-            &CredentialSource::YandexMetadata {
+            &CredentialSource::YandexMetadata(YandexMetadata {
                 endpoint: pullsecret_injector::config::DEFAULT_METADATA_ENDPOINT.into()
-            },
+            }),
             &client()
         )
         .is_ok()
@@ -533,10 +535,10 @@ async fn https_stand_in_is_reached_through_rustls_with_the_given_roots() {
     let dir = tempfile::tempdir().unwrap();
     let http = HttpClient::with_roots(HttpOptions::default(), ca.roots()).unwrap();
     let provider = Provider::new(
-        &CredentialSource::YandexAuthorizedKey {
+        &CredentialSource::YandexAuthorizedKey(YandexAuthorizedKey {
             file: key.write_key_file(dir.path(), false),
             endpoint: iam.endpoint(),
-        },
+        }),
         &http,
     )
     .unwrap();
@@ -556,10 +558,10 @@ async fn https_stand_in_with_an_untrusted_certificate_is_refused_before_sending(
     let dir = tempfile::tempdir().unwrap();
     let http = HttpClient::with_roots(HttpOptions::default(), other.roots()).unwrap();
     let provider = Provider::new(
-        &CredentialSource::YandexAuthorizedKey {
+        &CredentialSource::YandexAuthorizedKey(YandexAuthorizedKey {
             file: key.write_key_file(dir.path(), false),
             endpoint: iam.endpoint(),
-        },
+        }),
         &http,
     )
     .unwrap();
@@ -697,9 +699,11 @@ async fn json_key_is_sent_verbatim_as_json_key_password() {
     let dir = tempfile::tempdir().unwrap();
     let file = key.write_key_file(dir.path(), true);
     let content = std::fs::read_to_string(&file).unwrap();
-    let cred = static_fetch(CredentialSource::YandexJsonKey { file: file.clone() })
-        .await
-        .unwrap();
+    let cred = static_fetch(CredentialSource::YandexJsonKey(FileSource {
+        file: file.clone(),
+    }))
+    .await
+    .unwrap();
     assert_eq!(cred.username(), Some("json_key"));
     assert_eq!(cred.password().unwrap().expose(), content);
     assert_eq!(cred.expires_at(), None);
@@ -716,10 +720,12 @@ async fn json_key_that_is_not_a_key_file_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("key.json");
     std::fs::write(&file, r#"{"id":"a","service_account_id":"b"}"#).unwrap();
-    let e = static_fetch(CredentialSource::YandexJsonKey { file: file.clone() })
-        .await
-        .unwrap_err()
-        .to_string();
+    let e = static_fetch(CredentialSource::YandexJsonKey(FileSource {
+        file: file.clone(),
+    }))
+    .await
+    .unwrap_err()
+    .to_string();
     assert_eq!(
         e,
         format!(
@@ -740,10 +746,10 @@ async fn basic_password_loses_exactly_one_trailing_newline() {
         ("пароль", "пароль"),
     ] {
         std::fs::write(&file, content).unwrap();
-        let cred = static_fetch(CredentialSource::Basic {
+        let cred = static_fetch(CredentialSource::Basic(Basic {
             username: "robot".into(),
             password_file: file.clone(),
-        })
+        }))
         .await
         .unwrap();
         assert_eq!(cred.username(), Some("robot"));
@@ -758,20 +764,20 @@ async fn basic_with_empty_or_missing_password_file_is_refused() {
     let file = dir.path().join("password");
     for content in ["", "\n", "\r\n"] {
         std::fs::write(&file, content).unwrap();
-        let e = static_fetch(CredentialSource::Basic {
+        let e = static_fetch(CredentialSource::Basic(Basic {
             username: "robot".into(),
             password_file: file.clone(),
-        })
+        }))
         .await
         .unwrap_err()
         .to_string();
         assert_eq!(e, format!("password file {}: is empty", file.display()));
     }
     let missing = dir.path().join("nope");
-    let e = static_fetch(CredentialSource::Basic {
+    let e = static_fetch(CredentialSource::Basic(Basic {
         username: "robot".into(),
         password_file: missing.clone(),
-    })
+    }))
     .await
     .unwrap_err()
     .to_string();
@@ -789,7 +795,7 @@ async fn docker_config_is_copied_as_is() {
         "{\n  \"auths\": {\n    \"ghcr.io\": { \"auth\": \"dXNlcjpzZWNyZXQ=\" }\n  }\n}\n";
     std::fs::write(&file, content).unwrap();
     let provider = Provider::new(
-        &CredentialSource::DockerConfig { file: file.clone() },
+        &CredentialSource::DockerConfig(FileSource { file: file.clone() }),
         &client(),
     )
     .unwrap();
@@ -807,10 +813,12 @@ async fn docker_config_without_auths_is_refused_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join(".dockerconfigjson");
     std::fs::write(&file, r#"{"credsStore":"desktop"}"#).unwrap();
-    let e = static_fetch(CredentialSource::DockerConfig { file: file.clone() })
-        .await
-        .unwrap_err()
-        .to_string();
+    let e = static_fetch(CredentialSource::DockerConfig(FileSource {
+        file: file.clone(),
+    }))
+    .await
+    .unwrap_err()
+    .to_string();
     assert_eq!(
         e,
         format!(

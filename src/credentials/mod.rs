@@ -337,34 +337,10 @@ fn fingerprint_key() -> &'static hmac::Key {
     })
 }
 
-#[derive(Debug, Clone)]
-enum Source {
-    YandexKey {
-        file: PathBuf,
-        endpoint: String,
-        uri: Uri,
-    },
-    Metadata {
-        endpoint: String,
-        uri: Uri,
-    },
-    JsonKey {
-        file: PathBuf,
-    },
-    Basic {
-        username: String,
-        password_file: PathBuf,
-    },
-    DockerConfig {
-        file: PathBuf,
-    },
-}
-
 /// Fetches one registry's credential from its configured source. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Provider {
-    source: Source,
-    kind: &'static str,
+    source: CredentialSource,
     http: HttpClient,
 }
 
@@ -372,64 +348,48 @@ impl Provider {
     /// A provider for `source`, sending its requests (if any) through `http`.
     /// Fails only on an endpoint [`check_endpoint`] refuses; files are read by `fetch`.
     pub fn new(source: &CredentialSource, http: &HttpClient) -> Result<Self, CredentialError> {
-        let src = match source {
-            CredentialSource::YandexAuthorizedKey { file, endpoint } => Source::YandexKey {
-                file: file.clone(),
-                endpoint: endpoint.clone(),
-                uri: endpoint_uri(endpoint, false)?,
-            },
-            CredentialSource::YandexMetadata { endpoint } => Source::Metadata {
-                endpoint: endpoint.clone(),
-                uri: endpoint_uri(endpoint, true)?,
-            },
-            CredentialSource::YandexJsonKey { file } => Source::JsonKey { file: file.clone() },
-            CredentialSource::Basic {
-                username,
-                password_file,
-            } => Source::Basic {
-                username: username.clone(),
-                password_file: password_file.clone(),
-            },
-            CredentialSource::DockerConfig { file } => Source::DockerConfig { file: file.clone() },
-        };
+        match source {
+            CredentialSource::YandexAuthorizedKey(k) => drop(endpoint_uri(&k.endpoint, false)?),
+            CredentialSource::YandexMetadata(m) => drop(endpoint_uri(&m.endpoint, true)?),
+            CredentialSource::YandexJsonKey(_)
+            | CredentialSource::Basic(_)
+            | CredentialSource::DockerConfig(_) => {}
+        }
         Ok(Self {
-            source: src,
-            kind: source.kind(),
+            source: source.clone(),
             http: http.clone(),
         })
     }
 
     /// The config key of the source (`yandexAuthorizedKey`, `basic`...).
     pub fn kind(&self) -> &'static str {
-        self.kind
+        self.source.kind()
     }
 
     /// The files `fetch` reads, to watch for rotation.
     pub fn files(&self) -> Vec<PathBuf> {
         match &self.source {
-            Source::YandexKey { file, .. }
-            | Source::JsonKey { file }
-            | Source::DockerConfig { file } => vec![file.clone()],
-            Source::Basic { password_file, .. } => vec![password_file.clone()],
-            Source::Metadata { .. } => Vec::new(),
+            CredentialSource::YandexAuthorizedKey(k) => vec![k.file.clone()],
+            CredentialSource::YandexJsonKey(f) | CredentialSource::DockerConfig(f) => {
+                vec![f.file.clone()]
+            }
+            CredentialSource::Basic(b) => vec![b.password_file.clone()],
+            CredentialSource::YandexMetadata(_) => Vec::new(),
         }
     }
 
     /// Read and parse the source's files as [`Provider::fetch`] would, without any network
     /// I/O: a missing or unreadable file, a key file that is not JSON or holds no usable RSA
-    /// key, an empty password, a docker config without `auths`. `run` calls it before it
-    /// serves anything, so that it never starts with credentials that cannot work. Sources
-    /// without files (`yandexMetadata`) always pass.
+    /// key, an empty password, a docker config without `auths`. `run` calls it at start to
+    /// report a broken file at once (it keeps serving the webhook), and `check` through
+    /// `fetch`. Sources without files (`yandexMetadata`) always pass.
     pub async fn validate(&self) -> Result<(), CredentialError> {
         match &self.source {
-            Source::YandexKey { file, .. } => yandex_key::validate(file).await,
-            Source::Metadata { .. } => Ok(()),
-            Source::JsonKey { file } => static_::json_key(file).await.map(drop),
-            Source::Basic {
-                username,
-                password_file,
-            } => static_::basic(username, password_file).await.map(drop),
-            Source::DockerConfig { file } => static_::docker_config(file).await.map(drop),
+            CredentialSource::YandexAuthorizedKey(k) => yandex_key::validate(&k.file).await,
+            CredentialSource::YandexMetadata(_) => Ok(()),
+            CredentialSource::YandexJsonKey(_)
+            | CredentialSource::Basic(_)
+            | CredentialSource::DockerConfig(_) => self.fetch().await.map(drop),
         }
     }
 
@@ -453,20 +413,17 @@ impl Provider {
     /// Network requests are bounded by the client's [`HttpOptions`].
     pub async fn fetch(&self) -> Result<Credential, CredentialError> {
         match &self.source {
-            Source::YandexKey {
-                file,
-                endpoint,
-                uri,
-            } => yandex_key::fetch(&self.http, file, endpoint, uri).await,
-            Source::Metadata { endpoint, uri } => {
-                yandex_metadata::fetch(&self.http, endpoint, uri).await
+            CredentialSource::YandexAuthorizedKey(k) => {
+                let uri = endpoint_uri(&k.endpoint, false)?;
+                yandex_key::fetch(&self.http, &k.file, &k.endpoint, &uri).await
             }
-            Source::JsonKey { file } => static_::json_key(file).await,
-            Source::Basic {
-                username,
-                password_file,
-            } => static_::basic(username, password_file).await,
-            Source::DockerConfig { file } => static_::docker_config(file).await,
+            CredentialSource::YandexMetadata(m) => {
+                let uri = endpoint_uri(&m.endpoint, true)?;
+                yandex_metadata::fetch(&self.http, &m.endpoint, &uri).await
+            }
+            CredentialSource::YandexJsonKey(f) => static_::json_key(&f.file).await,
+            CredentialSource::Basic(b) => static_::basic(&b.username, &b.password_file).await,
+            CredentialSource::DockerConfig(f) => static_::docker_config(&f.file).await,
         }
     }
 }

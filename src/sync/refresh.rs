@@ -176,16 +176,16 @@ fn round_secs(d: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::CredentialSource;
+    use crate::config::{Basic, CredentialSource};
     use crate::credentials::{HttpClient, HttpOptions, Secret};
 
     fn basic_provider(dir: &std::path::Path) -> Arc<Provider> {
         let password_file = dir.join("password");
         std::fs::write(&password_file, "from-the-file\n").unwrap();
-        let source = CredentialSource::Basic {
+        let source = CredentialSource::Basic(Basic {
             username: "robot".into(),
             password_file,
-        };
+        });
         let http = HttpClient::new(HttpOptions::default()).unwrap();
         Arc::new(Provider::new(&source, &http).unwrap())
     }
