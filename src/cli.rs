@@ -1,24 +1,18 @@
-//! Command line: `run`, `check`, `explain`, `version`, and what each does.
+//! Command line: `run` (see [`crate::run`]), `check`, `explain`, `version`.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::Value;
 
-use crate::admission::Admission;
 use crate::config::Settings;
 use crate::credentials::{HttpClient, HttpOptions};
-use crate::metrics::Metrics;
 use crate::mutate::{Decision, PodView, SkipReason, plan};
 use crate::registry::Registries;
-use crate::server::{self, AdminState, Health, Limits};
-use crate::sync::leader::{self, LeaderConfig, LeaderElector};
-use crate::sync::{self, SyncOptions, Syncer};
-use crate::tls::CertStore;
+use crate::sync;
 
 /// Kubernetes admission webhook that injects registry-aware imagePullSecrets, and keeps
 /// those Secrets fresh.
@@ -102,7 +96,7 @@ pub struct ExplainArgs {
 /// Run a parsed command line.
 pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Run(args) => run(args).await,
+        Command::Run(args) => crate::run::run(args).await,
         Command::Check(args) => check(&args.config).await,
         Command::Explain(args) => explain(&args),
         Command::Version => {
@@ -114,231 +108,6 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
 
 fn load(path: &Path) -> anyhow::Result<Settings> {
     Ok(Settings::load(path)?)
-}
-
-async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let settings = load(&args.config.config)?;
-    if args.no_webhook && args.no_sync {
-        bail!("--no-webhook and --no-sync together leave nothing to run");
-    }
-    let metrics = Metrics::new();
-    let health = Health::new();
-
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = {
-        let stop_rx = stop_rx.clone();
-        move || {
-            let mut rx = stop_rx.clone();
-            async move {
-                let _ = rx.wait_for(|s| *s).await;
-            }
-        }
-    };
-
-    // Everything that can fail on bad input is checked before anything starts serving, so
-    // that the process never runs half-configured.
-    let sync = if args.no_sync {
-        health.set_sync_ready();
-        None
-    } else {
-        Some(
-            prepare_sync(
-                &settings,
-                &metrics,
-                &health,
-                args.credential_file_check_interval,
-            )
-            .await?,
-        )
-    };
-    let webhook = if args.no_webhook {
-        health.set_tls_loaded();
-        None
-    } else {
-        let store = Arc::new(CertStore::load(
-            &settings.tls_cert_file,
-            &settings.tls_key_file,
-        )?);
-        let tls = store.server_config()?;
-        let listener = server::bind(settings.webhook_listen, "webhook.listen").await?;
-        Some((store, tls, listener))
-    };
-    let admin_listener = server::bind(settings.admin_listen, "admin.listen").await?;
-
-    let admin = tokio::spawn(server::serve_admin(
-        admin_listener,
-        server::admin_router(AdminState {
-            health: health.clone(),
-            metrics: metrics.clone(),
-        }),
-        stopped(),
-    ));
-    let webhook = webhook.map(|(store, tls, listener)| {
-        if let Ok(addr) = listener.local_addr() {
-            tracing::info!(address = %addr, "webhook listening (HTTPS)");
-        }
-        health.set_tls_loaded();
-        tokio::spawn(store.watch(args.tls_reload_interval, stopped()));
-        let admission = Arc::new(Admission::new(
-            Registries::new(settings.entries()),
-            settings.pod_opt_out_annotation.clone(),
-            metrics.clone(),
-        ));
-        tokio::spawn(server::serve_tls(
-            listener,
-            tls,
-            server::webhook_router(admission),
-            Limits::default(),
-            stopped(),
-        ))
-    });
-    let sync = sync.map(|prepared| prepared.spawn(stop_rx.clone()));
-    tracing::info!(admin = %settings.admin_listen, registries = settings.registries.len(), webhook = !args.no_webhook, sync = !args.no_sync, "pullsecret-injector running");
-
-    shutdown_signal().await;
-    health.set_shutting_down();
-    if !args.shutdown_delay.is_zero() {
-        tracing::info!(delay = %humantime::format_duration(args.shutdown_delay), "shutdown requested: reporting not ready, still serving for the shutdown delay");
-        tokio::select! {
-            _ = tokio::time::sleep(args.shutdown_delay) => {}
-            _ = shutdown_signal() => tracing::info!("second signal: cutting the shutdown delay short"),
-        }
-    }
-    tracing::info!("shutdown requested: reporting not ready, finishing in-flight requests");
-    let _ = stop_tx.send(true);
-    if let Some(w) = webhook {
-        let _ = w.await;
-    }
-    if let Some(s) = sync {
-        for t in s {
-            let _ = t.await;
-        }
-    }
-    let _ = admin.await;
-    tracing::info!("stopped");
-    Ok(())
-}
-
-/// The sync task, built and checked but not started.
-struct PreparedSync {
-    syncer: Syncer,
-    elector: Option<LeaderElector>,
-}
-
-impl PreparedSync {
-    fn spawn(self, stop: tokio::sync::watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {
-        let mut tasks = Vec::new();
-        let (leading_tx, leading_rx) = tokio::sync::watch::channel(self.elector.is_none());
-        if let Some(elector) = self.elector {
-            let mut stop = stop.clone();
-            tasks.push(tokio::spawn(elector.run(leading_tx, async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })));
-        } else {
-            // Keep the sender alive for as long as the syncer runs.
-            let mut stop = stop.clone();
-            tasks.push(tokio::spawn(async move {
-                let _ = stop.wait_for(|s| *s).await;
-                drop(leading_tx);
-            }));
-        }
-        tasks.push(tokio::spawn(self.syncer.run(leading_rx, stop)));
-        tasks
-    }
-}
-
-async fn prepare_sync(
-    settings: &Settings,
-    metrics: &Metrics,
-    health: &Arc<Health>,
-    file_check_interval: Duration,
-) -> anyhow::Result<PreparedSync> {
-    let http = HttpClient::new(HttpOptions::default())?;
-    let registries = sync::registries(settings, &http)?;
-    for r in &registries {
-        // Read and parse every credential file now (no network): a missing file, a key that
-        // does not parse or an empty password stops `run` before it serves anything.
-        r.provider
-            .validate()
-            .await
-            .with_context(|| format!("registry {}: {} credentials", r.name, r.provider.kind()))?;
-    }
-    let client = kube::Client::try_default()
-        .await
-        .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
-    let identity = leader::default_identity();
-    let le = &settings.sync.leader_election;
-    let elector = if le.enabled {
-        let namespace = if le.lease_namespace.is_empty() {
-            own_namespace(&client)
-        } else {
-            le.lease_namespace.clone()
-        };
-        tracing::info!(lease = %le.lease_name, namespace = %namespace, identity = %identity, "leader election enabled");
-        Some(LeaderElector::new(
-            client.clone(),
-            LeaderConfig::new(namespace, le.lease_name.clone(), identity.clone()),
-        ))
-    } else {
-        None
-    };
-    let syncer = Syncer::new(
-        client,
-        registries,
-        SyncOptions {
-            selector: settings.namespace_selector.to_string(),
-            refresh_interval: settings.sync.refresh_interval,
-            max_writes_per_second: settings.sync.max_writes_per_second,
-            identity,
-            instance: settings.sync.instance.clone(),
-            file_check_interval,
-        },
-        metrics.clone(),
-        health.clone(),
-    );
-    Ok(PreparedSync { syncer, elector })
-}
-
-/// The namespace this process runs in: `POD_NAMESPACE`, the mounted ServiceAccount's
-/// namespace, or the kubeconfig's default namespace.
-fn own_namespace(client: &kube::Client) -> String {
-    if let Ok(ns) = std::env::var("POD_NAMESPACE")
-        && !ns.is_empty()
-    {
-        return ns;
-    }
-    if let Ok(ns) =
-        std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-        && !ns.trim().is_empty()
-    {
-        return ns.trim().to_string();
-    }
-    client.default_namespace().to_string()
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(
-            tokio::signal::unix::SignalKind::terminate(),
-        ) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the process");
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
 }
 
 async fn check(config: &Path) -> anyhow::Result<()> {
@@ -354,7 +123,7 @@ async fn check(config: &Path) -> anyhow::Result<()> {
                 let user = c.username().unwrap_or("(docker config file)");
                 let expiry = c
                     .expires_at()
-                    .map(|t| format!("expires {}", sync::reconcile::rfc3339(t)))
+                    .map(|t| format!("expires {}", sync::secret::rfc3339(t)))
                     .unwrap_or_else(|| "static".to_string());
                 println!(
                     "registry {}: ok: hosts {hosts}, secret {}, {} as {user}, {expiry}",

@@ -35,6 +35,7 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 use crate::admission::Admission;
+use crate::health::{Health, Report};
 use crate::metrics::Metrics;
 
 /// Largest request body accepted on `/mutate` (larger gets 413).
@@ -65,45 +66,6 @@ impl Default for Limits {
             header_read_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(25),
-        }
-    }
-}
-
-/// Readiness inputs, shared between the servers and the tasks that feed them.
-#[derive(Debug, Default)]
-pub struct Health {
-    tls_loaded: AtomicBool,
-    sync_ready: AtomicBool,
-    shutting_down: AtomicBool,
-}
-
-impl Health {
-    /// New state: nothing ready yet.
-    pub fn new() -> Arc<Self> {
-        Arc::new(Self::default())
-    }
-    /// The webhook has a certificate (or is disabled).
-    pub fn set_tls_loaded(&self) {
-        self.tls_loaded.store(true, Ordering::Release);
-    }
-    /// The sync task listed namespaces once (or is disabled).
-    pub fn set_sync_ready(&self) {
-        self.sync_ready.store(true, Ordering::Release);
-    }
-    /// Shutdown began: report not ready so that traffic moves elsewhere.
-    pub fn set_shutting_down(&self) {
-        self.shutting_down.store(true, Ordering::Release);
-    }
-    /// Whether `/readyz` answers 200, and if not, why.
-    pub fn readiness(&self) -> Result<(), &'static str> {
-        if self.shutting_down.load(Ordering::Acquire) {
-            Err("shutting down")
-        } else if !self.tls_loaded.load(Ordering::Acquire) {
-            Err("TLS certificate not loaded")
-        } else if !self.sync_ready.load(Ordering::Acquire) {
-            Err("sync task has not listed namespaces yet")
-        } else {
-            Ok(())
         }
     }
 }
@@ -158,15 +120,13 @@ pub struct AdminState {
 /// The admin routes: `GET /healthz`, `/readyz`, `/metrics`.
 pub fn admin_router(state: AdminState) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/healthz",
+            get(|State(s): State<AdminState>| async move { answer(s.health.liveness()) }),
+        )
         .route(
             "/readyz",
-            get(|State(s): State<AdminState>| async move {
-                match s.health.readiness() {
-                    Ok(()) => (StatusCode::OK, "ok\n".to_string()),
-                    Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
-                }
-            }),
+            get(|State(s): State<AdminState>| async move { answer(s.health.readiness()) }),
         )
         .route(
             "/metrics",
@@ -181,6 +141,15 @@ pub fn admin_router(state: AdminState) -> Router {
             }),
         )
         .with_state(state)
+}
+
+fn answer(report: Report) -> (StatusCode, String) {
+    let status = if report.ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, report.text)
 }
 
 /// Serve `router` over TLS on `listener` until `shutdown` resolves, then drain.

@@ -1,11 +1,14 @@
-//! Broken config, credential and TLS files against the real binary: `run` and `check` exit 1
-//! with a message that names the file and the problem, never quote a secret, and `run`
-//! exits before it binds a port (it never runs half-configured).
+//! Broken config, credential and TLS files against the real binary: `check` exits 1 with a
+//! message that names the file and the problem, never quoting a secret. `run` exits 1 the
+//! same way, before it binds a port, for a broken config or TLS file (it never runs
+//! half-configured); a broken credential file does not stop it (the webhook needs no
+//! credential): it names the file and the problem in its log and keeps serving.
 //!
-//! `run` here is the full process (webhook and sync): the credential files are read and
-//! parsed before the Kubernetes client is built, so `KUBECONFIG` points at nothing and the
-//! broken file is what stops it. `check` reads the config and the credentials only (not the
-//! TLS files: it is also the check of a sync-only setup), so the TLS cases run `run`.
+//! `run` here is the full process (webhook and sync). For the config and TLS cases
+//! `KUBECONFIG` points at nothing; for the credential cases at an API server address where
+//! nothing listens, so the process starts and its sync task retries in the background.
+//! `check` reads the config and the credentials only (not the TLS files: it is also the
+//! check of a sync-only setup), so the TLS cases run `run`.
 
 mod cluster;
 mod common;
@@ -125,6 +128,61 @@ impl Setup {
             stderr.lines().any(|l| l.starts_with("error: ")),
             "an error line: {stderr}"
         );
+        assert_no_secret(&stderr);
+        stderr
+    }
+
+    /// `run` with a kubeconfig for an API server that is not there: it must bind both
+    /// ports, report healthy with the webhook serving, and exit 0 on SIGTERM. Returns
+    /// stderr.
+    fn run_keeps_serving(&self, config: &Path) -> String {
+        let kubeconfig = self.write(
+            "kubeconfig",
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{ server: \"https://127.0.0.1:{}\", insecure-skip-tls-verify: true }}\nusers:\n- name: u\n  user: {{ token: t }}\ncontexts:\n- name: c\n  context: {{ cluster: c, user: u, namespace: default }}\ncurrent-context: c\n",
+                cluster::free_port()
+            ),
+        );
+        let log = self.path("run.log");
+        let mut child = bin()
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .env("KUBECONFIG", &kubeconfig)
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let stderr = || std::fs::read_to_string(&log).unwrap_or_default();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let health = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!(
+                    "run exited with {status} although it must keep serving:\n{}",
+                    stderr()
+                );
+            }
+            let webhook = SocketAddr::from(([127, 0, 0, 1], self.webhook_port));
+            if TcpStream::connect_timeout(&webhook, Duration::from_millis(20)).is_ok()
+                && let Some(health) = cluster::http_get(self.admin_port, "/healthz")
+            {
+                break health;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "run did not serve within 30s:\n{}",
+                stderr()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        assert_eq!(health.0, 200, "{health:?}");
+        assert!(health.1.contains("webhook: serving"), "{health:?}");
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        let status = child.wait().unwrap();
+        let stderr = stderr();
+        assert_eq!(status.code(), Some(0), "{stderr}");
         assert_no_secret(&stderr);
         stderr
     }
@@ -385,7 +443,7 @@ fn broken_key_files() -> Vec<(&'static str, String, &'static str)> {
 }
 
 #[test]
-fn broken_authorized_key_files_stop_run_and_check() {
+fn broken_authorized_key_files_fail_check_and_are_reported_by_run_which_keeps_serving() {
     let s = Setup::new();
     let endpoint = "http://127.0.0.1:9/iam/v1/tokens";
     let mut cases = broken_key_files();
@@ -401,7 +459,7 @@ fn broken_authorized_key_files_stop_run_and_check() {
             file.display()
         ));
         let file = file.display().to_string();
-        let err = s.run_refused(&config, &[]);
+        let err = s.run_keeps_serving(&config);
         assert_names(
             &err,
             &[
@@ -418,13 +476,13 @@ fn broken_authorized_key_files_stop_run_and_check() {
 }
 
 #[test]
-fn broken_json_key_files_stop_run_and_check() {
+fn broken_json_key_files_fail_check_and_are_reported_by_run_which_keeps_serving() {
     let s = Setup::new();
     for (what, content, problem) in broken_key_files().into_iter().take(7) {
         let file = s.write("key.json", &content);
         let config = s.config(&format!("yandexJsonKey: {{ file: {} }}", file.display()));
         let file = file.display().to_string();
-        let err = s.run_refused(&config, &[]);
+        let err = s.run_keeps_serving(&config);
         assert_names(
             &err,
             &[
@@ -443,7 +501,7 @@ fn broken_json_key_files_stop_run_and_check() {
 }
 
 #[test]
-fn broken_password_and_docker_config_files_stop_run_and_check() {
+fn broken_password_and_docker_config_files_fail_check_and_are_reported_by_run() {
     let s = Setup::new();
     let dir = s.dir.path().join("certs");
     let cases: Vec<(String, Option<Vec<u8>>, &str, &str)> = vec![
@@ -518,7 +576,7 @@ fn broken_password_and_docker_config_files_stop_run_and_check() {
         };
         let config = s.config(&source);
         let file = file.display().to_string();
-        let err = s.run_refused(&config, &[]);
+        let err = s.run_keeps_serving(&config);
         assert_names(
             &err,
             &[
@@ -538,7 +596,7 @@ fn broken_password_and_docker_config_files_stop_run_and_check() {
         "basic: {{ username: robot, passwordFile: {} }}",
         dir.display()
     ));
-    let err = s.run_refused(&config, &[]);
+    let err = s.run_keeps_serving(&config);
     assert_names(
         &err,
         &[

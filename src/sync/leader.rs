@@ -1,34 +1,22 @@
-//! Leader election on a `coordination.k8s.io/v1` Lease, so that exactly one replica's sync
-//! task writes Secrets while every replica serves the webhook.
+//! Leader election on a `coordination.k8s.io/v1` Lease: exactly one replica's sync task
+//! writes Secrets while every replica serves the webhook.
 //!
-//! The protocol is client-go's `leaderelection`, so that `kubectl get lease` and other
-//! tooling read our Lease the usual way:
+//! The Lease is the one client-go writes, so `kubectl get lease` reads it the usual way;
+//! the loop is small because the job is: every `retry_period` read the Lease, decide
+//! ([`decide`], pure), and write it back with the `resourceVersion` just read, so the API
+//! server serialises candidates (a 409 only means someone else won this round).
 //!
-//! * Every `retry_period` a candidate reads the Lease and takes it when it is absent
-//!   (create), released (empty `holderIdentity`), already its own (renew), or expired.
-//!   Every write is a create or a replace carrying the `resourceVersion` just read, so the
-//!   API server serialises the candidates: a 409 only means another replica won this round,
-//!   and the next read says who.
-//! * Someone else's lease expires `leaseDurationSeconds` after **we first observed** its
-//!   current record, counted on our monotonic clock. Its `renewTime` is never compared with
-//!   our wall clock: nodes' wall clocks may disagree by more than a lease duration, while
-//!   the time elapsed on two clocks agrees to a tiny rate error. The cost is that a fresh
-//!   replica waits one full lease duration before taking over a lease whose holder died
-//!   long ago (as client-go does).
-//! * Our own leadership ends `renew_deadline` after the start of the last round that
-//!   renewed the lease, also on the monotonic clock, whether or not the API server answers.
-//!   Everyone else counts `lease_duration` from a moment after that renewal was written, and
-//!   `renew_deadline < lease_duration`, so we stop before anyone may start; the margin
-//!   absorbs clock-rate differences and the delay of the sync task noticing `false`.
-//! * `false` is published before anything else on loss or shutdown; on shutdown the lease
-//!   is then released (empty holder, `leaseDurationSeconds: 1`, like client-go's
-//!   `ReleaseOnCancel`) so another replica takes over within one retry period instead of a
-//!   lease duration.
+//! Time is never read from the Lease. Someone else's lease expires `leaseDurationSeconds`
+//! after **we first saw** its current record, on our monotonic clock: nodes' wall clocks
+//! may disagree by more than a lease duration, elapsed time on two clocks does not. Our own
+//! leadership ends `renew_deadline` after the start of the last round that renewed, whether
+//! or not the API server answers; `renew_deadline < lease_duration`, so we stop before
+//! anyone else may start. On shutdown `false` is published first, then the Lease is
+//! released (empty holder, one second left) so another replica takes over within a retry
+//! period instead of a lease duration.
 //!
-//! RBAC: `get`, `create` and `update` on `leases` in the lease namespace, nothing else (one
-//! object polled every retry period needs no watch). The decision logic (`decide`,
-//! `observe`, `released_spec`) is pure and unit-tested; [`LeaderElector::run`] is the I/O
-//! shell, tested end to end in `tests/e2e_leader.rs`.
+//! RBAC: `get`, `create` and `update` on `leases` in the lease namespace, nothing else.
+//! `renewTime` and `acquireTime` are written for people and other tools only.
 
 use std::future::Future;
 use std::time::Duration;
@@ -38,18 +26,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{Api, ObjectMeta, PostParams};
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tracing::{debug, error, info, warn};
-
-/// Default [`LeaderConfig::lease_duration`] (client-go's and kube-controller-manager's).
-pub const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(15);
-/// Default [`LeaderConfig::renew_deadline`].
-pub const DEFAULT_RENEW_DEADLINE: Duration = Duration::from_secs(10);
-/// Default [`LeaderConfig::retry_period`].
-pub const DEFAULT_RETRY_PERIOD: Duration = Duration::from_secs(2);
-
-/// Candidates that are not leading wait `retry_period * (1 + up to this)`, so that replicas
-/// started together do not poll in lockstep.
-const RETRY_JITTER: f64 = 0.2;
+use tracing::{debug, info, warn};
 
 /// Where the lease lives, who we are, and the timing of the election.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,35 +39,14 @@ pub struct LeaderConfig {
     pub identity: String,
     /// How long others wait, after they last saw the lease change, before taking it over.
     pub lease_duration: Duration,
-    /// If the lease cannot be renewed within this long, we stop leading. Must be shorter
-    /// than `lease_duration`.
+    /// If the lease cannot be renewed within this long, we stop leading (< `lease_duration`).
     pub renew_deadline: Duration,
-    /// Time between attempts to acquire or renew. Must be shorter than `renew_deadline`.
+    /// Time between attempts to acquire or renew (< `renew_deadline`).
     pub retry_period: Duration,
 }
 
-/// A [`LeaderConfig`] that cannot give a safe election.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum LeaderConfigError {
-    /// Namespace, name or identity is empty (an empty identity reads as a released lease).
-    #[error("leader election: {0} must not be empty")]
-    Empty(&'static str),
-    /// The durations are not ordered `lease_duration > renew_deadline > retry_period > 0`.
-    #[error(
-        "leader election needs leaseDuration > renewDeadline > retryPeriod > 0, got {lease_duration:?}, {renew_deadline:?}, {retry_period:?}"
-    )]
-    Timing {
-        /// The configured lease duration.
-        lease_duration: Duration,
-        /// The configured renew deadline.
-        renew_deadline: Duration,
-        /// The configured retry period.
-        retry_period: Duration,
-    },
-}
-
 impl LeaderConfig {
-    /// A config with the default timing (15 s lease, 10 s renew deadline, 2 s retry).
+    /// A config with client-go's default timing (15 s lease, 10 s renew deadline, 2 s retry).
     pub fn new(
         namespace: impl Into<String>,
         name: impl Into<String>,
@@ -100,522 +56,306 @@ impl LeaderConfig {
             namespace: namespace.into(),
             name: name.into(),
             identity: identity.into(),
-            lease_duration: DEFAULT_LEASE_DURATION,
-            renew_deadline: DEFAULT_RENEW_DEADLINE,
-            retry_period: DEFAULT_RETRY_PERIOD,
+            lease_duration: Duration::from_secs(15),
+            renew_deadline: Duration::from_secs(10),
+            retry_period: Duration::from_secs(2),
         }
-    }
-
-    /// Checks that the names are set and `lease_duration > renew_deadline > retry_period > 0`
-    /// (the ordering the safety argument in the module docs depends on).
-    pub fn validate(&self) -> Result<(), LeaderConfigError> {
-        for (field, value) in [
-            ("namespace", &self.namespace),
-            ("name", &self.name),
-            ("identity", &self.identity),
-        ] {
-            if value.is_empty() {
-                return Err(LeaderConfigError::Empty(field));
-            }
-        }
-        if self.lease_duration > self.renew_deadline
-            && self.renew_deadline > self.retry_period
-            && self.retry_period > Duration::ZERO
-        {
-            Ok(())
-        } else {
-            Err(LeaderConfigError::Timing {
-                lease_duration: self.lease_duration,
-                renew_deadline: self.renew_deadline,
-                retry_period: self.retry_period,
-            })
-        }
-    }
-
-    /// `self` with whatever [`validate`](Self::validate) rejects replaced by a safe value:
-    /// the default timing, or a [`default_identity`].
-    fn repaired(mut self) -> Self {
-        if self.identity.is_empty() {
-            self.identity = default_identity();
-        }
-        if matches!(self.validate(), Err(LeaderConfigError::Timing { .. })) {
-            self.lease_duration = DEFAULT_LEASE_DURATION;
-            self.renew_deadline = DEFAULT_RENEW_DEADLINE;
-            self.retry_period = DEFAULT_RETRY_PERIOD;
-        }
-        self
     }
 }
 
 /// This replica's identity: `POD_NAME` (downward API) or else the hostname, then `_` and
-/// eight random hex digits. The suffix keeps two processes apart that share a name (a
-/// restarted container, pods on the host network): with equal identities both would lead.
+/// eight random hex digits, so that two processes sharing a name never both lead.
 pub fn default_identity() -> String {
-    identity(
-        non_empty_env("POD_NAME"),
-        non_empty_env("HOSTNAME").or_else(|| {
-            ["/proc/sys/kernel/hostname", "/etc/hostname"]
-                .iter()
-                .find_map(|p| std::fs::read_to_string(p).ok())
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let base = env("POD_NAME")
+        .or_else(|| env("HOSTNAME"))
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
                 .map(|s| s.trim().to_string())
                 .filter(|s| !s.is_empty())
-        }),
-        fastrand::u32(..),
-    )
-}
-
-fn non_empty_env(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.is_empty())
-}
-
-fn identity(pod_name: Option<String>, hostname: Option<String>, suffix: u32) -> String {
-    let base = pod_name
-        .or(hostname)
+        })
         .unwrap_or_else(|| "pullsecret-injector".to_string());
-    format!("{base}_{suffix:08x}")
+    format!("{base}_{:08x}", fastrand::u32(..))
 }
 
-/// Campaigns for one Lease; see [`LeaderElector::run`].
-pub struct LeaderElector {
-    client: kube::Client,
-    config: LeaderConfig,
-}
-
-impl LeaderElector {
-    /// An elector for `config.namespace/config.name` that uses `client`.
-    pub fn new(client: kube::Client, config: LeaderConfig) -> Self {
-        Self { client, config }
-    }
-
-    /// Runs until `shutdown` resolves: tries to acquire or renew every `retry_period`;
-    /// publishes `true` on `leading` while it holds the lease and `false` as soon as it may
-    /// not (lease taken by someone else, no renewal within `renew_deadline`, or shutdown).
-    /// On shutdown, if it holds (or may hold) the lease, it releases it so that another
-    /// replica takes over at once. API errors are logged and retried, never returned.
-    ///
-    /// A config that fails [`LeaderConfig::validate`] is logged as an error and run with
-    /// the default timing (or a [`default_identity`]) instead.
-    pub async fn run(self, leading: watch::Sender<bool>, shutdown: impl Future<Output = ()>) {
-        if let Err(e) = self.config.validate() {
-            error!(error = %e, "invalid leader election config; using defaults for the invalid fields");
-        }
-        let config = self.config.repaired();
-        let mut campaign = Campaign {
-            api: Api::namespaced(self.client, &config.namespace),
-            lease: format!("{}/{}", config.namespace, config.name),
-            config,
-            leading: &leading,
-            renewed_at: None,
-            seen: None,
-            unsure: false,
-            pending: "reading",
-            last_problem: None,
-            last_holder: None,
-        };
-        publish(&leading, false);
-        campaign.run(shutdown).await;
-    }
-}
-
-/// The last Lease read or written, and when its current record was first observed.
+/// What one round does, decided from the Lease just read.
 #[derive(Debug, Clone, PartialEq)]
-struct Seen {
-    lease: Lease,
-    at: Instant,
-}
-
-/// Records `lease`, read at `now`, after `prev`. The observation time only moves when the
-/// record (the spec) changes: a holder that stops renewing expires one lease duration after
-/// we first saw its last renewal. Metadata changes (labels, resourceVersion) do not count.
-fn observe(prev: Option<Seen>, lease: Lease, now: Instant) -> Seen {
-    match prev {
-        Some(prev) if prev.lease.spec == lease.spec => Seen { lease, at: prev.at },
-        _ => Seen { lease, at: now },
-    }
-}
-
-/// What one round does, decided from the observed Lease.
-#[derive(Debug, Clone, PartialEq)]
-enum Action {
-    /// There is no Lease: create it with this spec.
-    Create(LeaseSpec),
-    /// The Lease is ours: write this spec over the observed one.
-    Renew(LeaseSpec),
-    /// The Lease is free: write this spec over the observed one.
-    Acquire { spec: LeaseSpec, from: Previous },
+enum Decision {
+    /// Write this spec (create when there is no Lease); `how` says why we may.
+    Take { spec: LeaseSpec, how: String },
     /// Someone else holds a valid lease.
-    Wait {
-        holder: String,
-        expires_in: Duration,
-    },
+    Follow { holder: String },
 }
 
-/// Why a Lease that is not ours may be taken.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Previous {
-    /// Its holder released it (empty `holderIdentity`).
-    Released,
-    /// Its holder (named) did not renew it for a lease duration.
-    Expired(String),
-}
-
-/// The election rule (client-go's `tryAcquireOrRenew`). `observed` is the Lease just read
-/// (`None`: absent), first seen with this spec at `observed_at`; `now` is the monotonic
-/// time, `wall_now` the wall-clock time written into `renewTime`/`acquireTime` (for
-/// people and other clients; never read back for a decision).
+/// client-go's `tryAcquireOrRenew`. `seen_at`: when we first saw the Lease's current spec.
 fn decide(
-    observed: Option<&Lease>,
-    observed_at: Instant,
+    lease: Option<&LeaseSpec>,
+    seen_at: Instant,
     now: Instant,
     wall_now: &MicroTime,
-    me: &str,
     config: &LeaderConfig,
-) -> Action {
-    let Some(lease) = observed else {
-        return Action::Create(held_spec(None, me, wall_now.clone(), 0, wall_now, config));
+) -> Decision {
+    let held = |old: Option<&LeaseSpec>, acquired: MicroTime, transitions: i32| LeaseSpec {
+        holder_identity: Some(config.identity.clone()),
+        lease_duration_seconds: Some(whole_seconds(config.lease_duration)),
+        acquire_time: Some(acquired),
+        renew_time: Some(wall_now.clone()),
+        lease_transitions: Some(transitions),
+        preferred_holder: old.and_then(|o| o.preferred_holder.clone()),
+        strategy: old.and_then(|o| o.strategy.clone()),
     };
-    let empty = LeaseSpec::default();
-    let old = lease.spec.as_ref().unwrap_or(&empty);
+    let Some(old) = lease else {
+        return Decision::Take {
+            spec: held(None, wall_now.clone(), 0),
+            how: "created the lease".into(),
+        };
+    };
     let transitions = old.lease_transitions.unwrap_or(0);
+    let take_over = |how: String| Decision::Take {
+        spec: held(Some(old), wall_now.clone(), transitions.saturating_add(1)),
+        how,
+    };
     match old.holder_identity.as_deref() {
-        Some(holder) if holder == me => {
-            let acquired = old.acquire_time.clone().unwrap_or_else(|| wall_now.clone());
-            Action::Renew(held_spec(
+        Some(holder) if holder == config.identity => Decision::Take {
+            spec: held(
                 Some(old),
-                me,
-                acquired,
+                old.acquire_time.clone().unwrap_or_else(|| wall_now.clone()),
                 transitions,
-                wall_now,
-                config,
-            ))
-        }
-        None | Some("") => Action::Acquire {
-            spec: held_spec(
-                Some(old),
-                me,
-                wall_now.clone(),
-                transitions.saturating_add(1),
-                wall_now,
-                config,
             ),
-            from: Previous::Released,
+            how: "the lease already named us".into(),
         },
+        None | Some("") => take_over("the lease was released".into()),
         Some(holder) => {
             let duration = old
                 .lease_duration_seconds
                 .and_then(|s| u64::try_from(s).ok())
                 .filter(|s| *s > 0)
                 .map_or(config.lease_duration, Duration::from_secs);
-            match observed_at.checked_add(duration) {
-                Some(expiry) if now >= expiry => Action::Acquire {
-                    spec: held_spec(
-                        Some(old),
-                        me,
-                        wall_now.clone(),
-                        transitions.saturating_add(1),
-                        wall_now,
-                        config,
-                    ),
-                    from: Previous::Expired(holder.to_string()),
-                },
-                expiry => Action::Wait {
+            if now
+                .checked_duration_since(seen_at)
+                .is_some_and(|d| d >= duration)
+            {
+                take_over(format!("the lease of {holder} expired"))
+            } else {
+                Decision::Follow {
                     holder: holder.to_string(),
-                    expires_in: expiry.map_or(Duration::MAX, |e| e - now),
-                },
+                }
             }
         }
     }
 }
 
-/// The spec of a lease held by `me`. Coordinated-election fields of `old` are kept as is.
-fn held_spec(
-    old: Option<&LeaseSpec>,
-    me: &str,
-    acquire_time: MicroTime,
-    transitions: i32,
-    wall_now: &MicroTime,
-    config: &LeaderConfig,
-) -> LeaseSpec {
-    LeaseSpec {
-        holder_identity: Some(me.to_string()),
-        lease_duration_seconds: Some(duration_seconds(config.lease_duration)),
-        acquire_time: Some(acquire_time),
-        renew_time: Some(wall_now.clone()),
-        lease_transitions: Some(transitions),
-        preferred_holder: old.and_then(|o| o.preferred_holder.clone()),
-        strategy: old.and_then(|o| o.strategy.clone()),
-    }
-}
-
-/// The spec that gives the lease up (client-go's release): no holder, one second left, the
-/// transition count unchanged (the next holder adds one).
-fn released_spec(old: Option<&LeaseSpec>, wall_now: &MicroTime) -> LeaseSpec {
+/// The spec that gives the lease up (client-go's release): no holder, one second left.
+fn released(old: &LeaseSpec, wall_now: &MicroTime) -> LeaseSpec {
     LeaseSpec {
         holder_identity: Some(String::new()),
         lease_duration_seconds: Some(1),
         acquire_time: Some(wall_now.clone()),
         renew_time: Some(wall_now.clone()),
-        lease_transitions: old.and_then(|o| o.lease_transitions),
-        preferred_holder: old.and_then(|o| o.preferred_holder.clone()),
-        strategy: old.and_then(|o| o.strategy.clone()),
+        ..old.clone()
     }
 }
 
-/// `leaseDurationSeconds` for a duration: whole seconds rounded up (others must never wait
-/// less than we mean), at least 1.
-fn duration_seconds(d: Duration) -> i32 {
+/// Whole seconds rounded up (others must never wait less than we mean), at least 1.
+fn whole_seconds(d: Duration) -> i32 {
     let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
     i32::try_from(secs.max(1)).unwrap_or(i32::MAX)
 }
 
-/// The wall clock as the Lease's `MicroTime` (k8s-openapi wraps jiff 0.2's `Timestamp`;
-/// this crate uses jiff 1, so the value crosses over as microseconds).
+/// The wall clock as a Lease `MicroTime` (k8s-openapi uses jiff 0.2, this crate jiff 1).
 fn wall_now() -> MicroTime {
-    let micros = jiff::Timestamp::now().as_microsecond();
     MicroTime(
-        k8s_openapi::jiff::Timestamp::from_microsecond(micros)
+        k8s_openapi::jiff::Timestamp::from_microsecond(jiff::Timestamp::now().as_microsecond())
             .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
     )
 }
 
-/// Publishes `value`, waking receivers only when it changes.
-fn publish(tx: &watch::Sender<bool>, value: bool) {
-    tx.send_if_modified(|v| std::mem::replace(v, value) != value);
-}
-
-/// A failed lease call, worded for the log.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-enum LeaseError {
-    /// The API server answered with an error, or the request failed.
-    #[error("{op} lease {lease}: {detail}")]
-    Call {
-        op: &'static str,
-        lease: String,
-        detail: String,
-    },
-    /// No answer in time (renew deadline, or the per-round bound when not leading).
-    #[error("{op} lease {lease}: no answer from the API server in time")]
-    Timeout { op: &'static str, lease: String },
-}
-
 /// `err` in one line: the API server's message for API errors, else the error chain.
 fn describe(err: &kube::Error) -> String {
-    if let kube::Error::Api(status) = err {
-        return format!("{} ({} {})", status.message, status.code, status.reason);
+    if let kube::Error::Api(s) = err {
+        return format!("{} ({} {})", s.message, s.code, s.reason);
     }
     let mut text = err.to_string();
     let mut source = std::error::Error::source(err);
     while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
+        text = format!("{text}: {s}");
         source = s.source();
     }
     text
 }
 
-/// How a round that ended with us holding the lease got it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Took {
-    Created,
-    Renewed,
-    Acquired(Previous),
-}
-
-/// The result of one round.
-#[derive(Debug)]
+/// What a round ended with.
 enum Round {
     /// We hold the lease as of the round's start.
-    Holding(Took),
-    /// Someone else holds a valid lease.
-    Following {
-        holder: String,
-        expires_in: Duration,
-    },
-    /// Another candidate wrote between our read and our write (409).
+    Holding { how: String },
+    /// Someone else holds it.
+    Following { holder: String },
+    /// Another candidate wrote between our read and our write.
     LostRace,
-    /// The round failed; retried after the retry period.
-    Failed(LeaseError),
+    /// A call failed (the message names the call and the lease).
+    Failed(String),
 }
 
-/// Why we stop leading.
-#[derive(Debug, Clone, Copy)]
-enum Loss {
-    TakenBy,
-    Conflict,
-    RenewDeadline,
-}
-
-/// The state of [`LeaderElector::run`].
-struct Campaign<'a> {
+/// Campaigns for one Lease; see [`LeaderElector::run`].
+pub struct LeaderElector {
     api: Api<Lease>,
+    config: LeaderConfig,
     /// `namespace/name`, for messages.
     lease: String,
-    config: LeaderConfig,
-    leading: &'a watch::Sender<bool>,
-    /// While leading: the start of the last round that renewed the lease.
+    /// The Lease last read or written, and when we first saw its spec.
+    seen: Option<(Lease, Instant)>,
+    /// While leading: the start of the last round that renewed.
     renewed_at: Option<Instant>,
-    seen: Option<Seen>,
-    /// A write was sent whose outcome we do not know (timeout, transport error, cancelled):
-    /// the Lease may name us even though `seen` does not.
-    unsure: bool,
-    /// The call in progress, for timeout messages.
-    pending: &'static str,
-    /// The last failure logged, so that a failure repeating every retry is logged once.
-    last_problem: Option<String>,
-    /// The last other holder logged at debug.
-    last_holder: Option<String>,
+    /// The last failure logged, so that one repeating every retry is logged once.
+    last_error: Option<String>,
 }
 
-impl Campaign<'_> {
-    async fn run(&mut self, shutdown: impl Future<Output = ()>) {
+impl LeaderElector {
+    /// An elector for `config.namespace/config.name` that uses `client`.
+    pub fn new(client: kube::Client, config: LeaderConfig) -> Self {
+        Self {
+            api: Api::namespaced(client, &config.namespace),
+            lease: format!("{}/{}", config.namespace, config.name),
+            config,
+            seen: None,
+            renewed_at: None,
+            last_error: None,
+        }
+    }
+
+    /// Runs until `shutdown` resolves: tries to acquire or renew every retry period and
+    /// publishes on `leading` whether we hold the lease (`false` as soon as we may not).
+    /// API errors are logged once and retried, never returned. On shutdown it publishes
+    /// `false`, then releases the lease if it is ours.
+    pub async fn run(mut self, leading: watch::Sender<bool>, shutdown: impl Future<Output = ()>) {
         let mut shutdown = std::pin::pin!(shutdown);
+        let publish = |v: bool| leading.send_if_modified(|l| std::mem::replace(l, v) != v);
+        publish(false);
         loop {
             let started = Instant::now();
-            if self.deadline().is_some_and(|d| started >= d) {
-                self.lose(Loss::RenewDeadline, None);
-            }
-            // While leading, a round may not outlive the renew deadline; otherwise bound it
-            // by the same span so that a hung connection cannot stall the campaign.
-            let budget = self
-                .deadline()
-                .map_or(self.config.renew_deadline, |d| d - started);
-            let outcome = tokio::select! {
-                biased;
-                () = &mut shutdown => None,
-                r = tokio::time::timeout(budget, self.round()) => Some(r),
-            };
-            let Some(outcome) = outcome else { break };
-            let round = outcome.unwrap_or_else(|_| {
-                Round::Failed(LeaseError::Timeout {
-                    op: self.pending,
-                    lease: self.lease.clone(),
-                })
+            self.check_deadline(&publish, started);
+            let deadline = self.renewed_at.map(|t| t + self.config.renew_deadline);
+            let budget = deadline.map_or(self.config.renew_deadline, |d| {
+                d.saturating_duration_since(started)
             });
-            self.settle(round, started);
-            if self.deadline().is_some_and(|d| Instant::now() >= d) {
-                self.lose(Loss::RenewDeadline, None);
+            let round = tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                r = tokio::time::timeout(budget, self.round()) => r.unwrap_or_else(|_| {
+                    Round::Failed(format!("lease {}: no answer from the API server in time", self.lease))
+                }),
+            };
+            if !matches!(round, Round::Failed(_))
+                && let Some(previous) = self.last_error.take()
+            {
+                info!(lease = %self.lease, identity = %self.config.identity, previous_error = %previous, "leader election: lease calls work again");
             }
-
-            let mut wake = started + self.config.retry_period;
-            match self.deadline() {
-                Some(deadline) => wake = wake.min(deadline),
-                None => {
-                    wake += self
-                        .config
-                        .retry_period
-                        .mul_f64(RETRY_JITTER * fastrand::f64())
+            match round {
+                Round::Holding { how } => {
+                    if self.renewed_at.replace(started).is_none() {
+                        info!(lease = %self.lease, identity = %self.config.identity, how, "became leader");
+                    }
+                    publish(true);
+                }
+                Round::Following { holder } => {
+                    self.lose(&publish, format!("the lease is now held by {holder}"));
+                    debug!(lease = %self.lease, holder, "lease held by another replica");
+                }
+                Round::LostRace => self.lose(&publish, "another replica wrote the lease".into()),
+                Round::Failed(e) => {
+                    if self.last_error.as_deref() != Some(e.as_str()) {
+                        warn!(lease = %self.lease, identity = %self.config.identity, error = %e, "leader election: lease call failed; retrying");
+                        self.last_error = Some(e);
+                    }
                 }
             }
+            self.check_deadline(&publish, Instant::now());
+            let wake = match self.renewed_at.map(|t| t + self.config.renew_deadline) {
+                Some(d) => (started + self.config.retry_period).min(d),
+                // Followers spread their polls so that replicas started together do not
+                // poll in lockstep.
+                None => {
+                    started
+                        + self
+                            .config
+                            .retry_period
+                            .mul_f64(1.0 + 0.2 * fastrand::f64())
+                }
+            };
             tokio::select! {
                 biased;
                 () = &mut shutdown => break,
                 () = tokio::time::sleep_until(wake) => {}
             }
         }
-        self.stop().await;
-    }
-
-    /// When our leadership ends unless renewed; `None` when not leading.
-    fn deadline(&self) -> Option<Instant> {
-        self.renewed_at.map(|t| t + self.config.renew_deadline)
-    }
-
-    /// Acts on a round's result: leadership state, `leading`, logs.
-    fn settle(&mut self, round: Round, started: Instant) {
-        match round {
-            Round::Holding(took) => {
-                self.recovered();
-                self.last_holder = None;
-                if self.renewed_at.is_none() {
-                    let how = match &took {
-                        Took::Created => "created the lease".to_string(),
-                        Took::Renewed => "the lease already named us".to_string(),
-                        Took::Acquired(Previous::Released) => "the lease was released".to_string(),
-                        Took::Acquired(Previous::Expired(h)) => format!("the lease of {h} expired"),
-                    };
-                    info!(lease = %self.lease, identity = %self.config.identity, how, "became leader");
-                }
-                self.renewed_at = Some(started);
-                publish(self.leading, true);
+        publish(false);
+        self.renewed_at = None;
+        match tokio::time::timeout(self.config.renew_deadline, self.release()).await {
+            Ok(Ok(true)) => {
+                info!(lease = %self.lease, identity = %self.config.identity, "released lease")
             }
-            Round::Following { holder, expires_in } => {
-                self.recovered();
-                if self.renewed_at.is_some() {
-                    self.lose(Loss::TakenBy, Some(&holder));
-                } else if self.last_holder.as_deref() != Some(holder.as_str()) {
-                    debug!(lease = %self.lease, identity = %self.config.identity, holder, ?expires_in, "lease held by another replica");
-                }
-                self.last_holder = Some(holder);
+            Ok(Ok(false)) => debug!(lease = %self.lease, "lease not ours at shutdown"),
+            Ok(Err(e)) => {
+                warn!(lease = %self.lease, error = %e, "could not release the lease; others take over when it expires")
             }
-            Round::LostRace => {
-                self.recovered();
-                debug!(lease = %self.lease, identity = %self.config.identity, "another replica wrote the lease first (409)");
-                if self.renewed_at.is_some() {
-                    self.lose(Loss::Conflict, None);
-                }
-            }
-            Round::Failed(e) => {
-                let text = e.to_string();
-                if self.last_problem.as_deref() != Some(text.as_str()) {
-                    warn!(lease = %self.lease, identity = %self.config.identity, error = %text, "leader election: lease call failed; retrying");
-                    self.last_problem = Some(text);
-                }
+            Err(_) => {
+                warn!(lease = %self.lease, "could not release the lease in time; others take over when it expires")
             }
         }
     }
 
-    fn recovered(&mut self) {
-        if let Some(previous) = self.last_problem.take() {
-            info!(lease = %self.lease, identity = %self.config.identity, previous_error = %previous, "leader election: lease calls work again");
-        }
-    }
-
-    fn lose(&mut self, why: Loss, holder: Option<&str>) {
-        if self.renewed_at.take().is_none() {
-            return;
-        }
-        publish(self.leading, false);
-        let reason = match why {
-            Loss::TakenBy => format!("the lease is now held by {}", holder.unwrap_or("?")),
-            Loss::Conflict => "another replica wrote the lease".to_string(),
-            Loss::RenewDeadline => format!(
+    /// Stop leading when the last renewal is older than the renew deadline.
+    fn check_deadline(&mut self, publish: &impl Fn(bool) -> bool, now: Instant) {
+        if self
+            .renewed_at
+            .is_some_and(|t| now >= t + self.config.renew_deadline)
+        {
+            let why = format!(
                 "no renewal within the renew deadline ({:?})",
                 self.config.renew_deadline
-            ),
-        };
-        info!(lease = %self.lease, identity = %self.config.identity, reason, "lost leadership");
+            );
+            self.lose(publish, why);
+        }
     }
 
-    /// Read the lease, decide, write. Leaves `seen` at what the API server last said.
+    fn lose(&mut self, publish: &impl Fn(bool) -> bool, reason: String) {
+        if self.renewed_at.take().is_some() {
+            publish(false);
+            info!(lease = %self.lease, identity = %self.config.identity, reason, "lost leadership");
+        }
+    }
+
+    /// Read, decide, write. Leaves `seen` at what the API server last said.
     async fn round(&mut self) -> Round {
-        self.pending = "reading";
-        let lease = match self.api.get_opt(&self.config.name).await {
-            Ok(lease) => lease,
-            Err(e) => return Round::Failed(self.call_error(&e)),
+        let read = match self.api.get_opt(&self.config.name).await {
+            Ok(l) => l,
+            Err(e) => {
+                return Round::Failed(format!("reading lease {}: {}", self.lease, describe(&e)));
+            }
         };
-        // A read tells the truth about the holder, whatever happened to earlier writes.
-        self.unsure = false;
         let now = Instant::now();
-        self.seen = lease.map(|l| observe(self.seen.take(), l, now));
-        let action = decide(
-            self.seen.as_ref().map(|s| &s.lease),
-            self.seen.as_ref().map_or(now, |s| s.at),
+        self.seen = read.map(|lease| {
+            let at = match &self.seen {
+                Some((prev, at)) if prev.spec == lease.spec => *at,
+                _ => now,
+            };
+            (lease, at)
+        });
+        let decision = decide(
+            self.seen.as_ref().and_then(|(l, _)| l.spec.as_ref()),
+            self.seen.as_ref().map_or(now, |(_, at)| *at),
             now,
             &wall_now(),
-            &self.config.identity,
             &self.config,
         );
-        let (spec, took) = match action {
-            Action::Wait { holder, expires_in } => {
-                return Round::Following { holder, expires_in };
-            }
-            Action::Create(spec) => (spec, Took::Created),
-            Action::Renew(spec) => (spec, Took::Renewed),
-            Action::Acquire { spec, from } => (spec, Took::Acquired(from)),
+        let (spec, how) = match decision {
+            Decision::Follow { holder } => return Round::Following { holder },
+            Decision::Take { spec, how } => (spec, how),
         };
-        let result = match self.seen.as_ref() {
+        let pp = PostParams::default();
+        let written = match &self.seen {
             None => {
-                self.pending = "creating";
                 let lease = Lease {
                     metadata: ObjectMeta {
                         name: Some(self.config.name.clone()),
@@ -624,105 +364,51 @@ impl Campaign<'_> {
                     },
                     spec: Some(spec),
                 };
-                self.unsure = true;
-                self.api.create(&PostParams::default(), &lease).await
+                self.api.create(&pp, &lease).await
             }
-            Some(seen) => {
-                self.pending = "updating";
-                let mut lease = seen.lease.clone();
+            Some((seen, _)) => {
+                let mut lease = seen.clone();
                 lease.spec = Some(spec);
-                self.unsure = true;
-                self.api
-                    .replace(&self.config.name, &PostParams::default(), &lease)
-                    .await
+                self.api.replace(&self.config.name, &pp, &lease).await
             }
         };
-        match result {
-            Ok(written) => {
-                self.unsure = false;
-                self.seen = Some(Seen {
-                    lease: written,
-                    at: Instant::now(),
-                });
-                Round::Holding(took)
+        match written {
+            Ok(lease) => {
+                self.seen = Some((lease, Instant::now()));
+                Round::Holding { how }
             }
-            Err(kube::Error::Api(s)) if s.is_conflict() || s.is_already_exists() => {
-                self.unsure = false;
-                Round::LostRace
-            }
-            Err(e) => {
-                // The API server said no: nothing was written. Otherwise we cannot know.
-                self.unsure = !matches!(e, kube::Error::Api(_));
-                Round::Failed(self.call_error(&e))
-            }
-        }
-    }
-
-    fn call_error(&self, e: &kube::Error) -> LeaseError {
-        LeaseError::Call {
-            op: self.pending,
-            lease: self.lease.clone(),
-            detail: describe(e),
-        }
-    }
-
-    /// Shutdown: publish `false`, then release the lease if it may be ours.
-    async fn stop(&mut self) {
-        publish(self.leading, false);
-        let was_leading = self.renewed_at.take().is_some();
-        let named_us = self.seen.as_ref().is_some_and(|s| {
-            s.lease
-                .spec
-                .as_ref()
-                .and_then(|s| s.holder_identity.as_deref())
-                == Some(self.config.identity.as_str())
-        });
-        if !(was_leading || named_us || self.unsure) {
-            return;
-        }
-        match tokio::time::timeout(self.config.renew_deadline, self.release()).await {
-            Ok(Ok(true)) => {
-                info!(lease = %self.lease, identity = %self.config.identity, "released lease");
-            }
-            Ok(Ok(false)) => {
-                debug!(lease = %self.lease, identity = %self.config.identity, "lease not ours at shutdown; nothing to release");
-            }
-            Ok(Err(e)) => {
-                warn!(lease = %self.lease, identity = %self.config.identity, error = %e, "could not release the lease; others take over when it expires");
-            }
-            Err(_) => {
-                let e = LeaseError::Timeout {
-                    op: self.pending,
-                    lease: self.lease.clone(),
-                };
-                warn!(lease = %self.lease, identity = %self.config.identity, error = %e, "could not release the lease; others take over when it expires");
-            }
+            Err(kube::Error::Api(s)) if s.is_conflict() || s.is_already_exists() => Round::LostRace,
+            Err(e) => Round::Failed(format!("writing lease {}: {}", self.lease, describe(&e))),
         }
     }
 
     /// Gives the lease up if the API server says it is ours; `Ok(false)` if it is not.
-    async fn release(&mut self) -> Result<bool, LeaseError> {
-        self.pending = "reading";
-        let lease = match self.api.get_opt(&self.config.name).await {
-            Ok(Some(lease)) => lease,
-            Ok(None) => return Ok(false),
-            Err(e) => return Err(self.call_error(&e)),
+    async fn release(&self) -> Result<bool, String> {
+        let call =
+            |what: &str, e: kube::Error| format!("{what} lease {}: {}", self.lease, describe(&e));
+        let Some(mut lease) = self
+            .api
+            .get_opt(&self.config.name)
+            .await
+            .map_err(|e| call("reading", e))?
+        else {
+            return Ok(false);
         };
-        let old = lease.spec.as_ref();
-        if old.and_then(|s| s.holder_identity.as_deref()) != Some(self.config.identity.as_str()) {
+        let Some(spec) = lease.spec.as_ref() else {
+            return Ok(false);
+        };
+        if spec.holder_identity.as_deref() != Some(self.config.identity.as_str()) {
             return Ok(false);
         }
-        let mut released = lease.clone();
-        released.spec = Some(released_spec(old, &wall_now()));
-        self.pending = "releasing";
+        lease.spec = Some(released(spec, &wall_now()));
         match self
             .api
-            .replace(&self.config.name, &PostParams::default(), &released)
+            .replace(&self.config.name, &PostParams::default(), &lease)
             .await
         {
             Ok(_) => Ok(true),
             Err(kube::Error::Api(s)) if s.is_conflict() => Ok(false),
-            Err(e) => Err(self.call_error(&e)),
+            Err(e) => Err(call("releasing", e)),
         }
     }
 }
@@ -742,227 +428,170 @@ mod tests {
         MicroTime(k8s_openapi::jiff::Timestamp::from_second(1_750_000_000 + secs).unwrap())
     }
 
-    fn lease(spec: Option<LeaseSpec>) -> Lease {
-        Lease {
-            metadata: ObjectMeta {
-                name: Some("lease".into()),
-                namespace: Some("ns".into()),
-                resource_version: Some("42".into()),
-                ..ObjectMeta::default()
-            },
-            spec,
-        }
-    }
-
-    fn held_by(holder: &str, duration: i32, renewed: i64, transitions: i32) -> Lease {
-        lease(Some(LeaseSpec {
+    fn held_by(holder: &str, duration: i32, renewed: i64, transitions: i32) -> LeaseSpec {
+        LeaseSpec {
             holder_identity: Some(holder.into()),
             lease_duration_seconds: Some(duration),
             acquire_time: Some(wall(-100)),
             renew_time: Some(wall(renewed)),
             lease_transitions: Some(transitions),
             ..LeaseSpec::default()
-        }))
+        }
     }
 
-    fn ours(acquired: i64, now: i64, transitions: i32) -> LeaseSpec {
+    fn ours(acquired: i64, transitions: i32) -> LeaseSpec {
         LeaseSpec {
             holder_identity: Some(ME.into()),
             lease_duration_seconds: Some(15),
             acquire_time: Some(wall(acquired)),
-            renew_time: Some(wall(now)),
+            renew_time: Some(wall(0)),
             lease_transitions: Some(transitions),
             ..LeaseSpec::default()
         }
     }
 
-    /// decide() with the lease observed `observed_ago` before now.
-    fn decide_at(observed: Option<&Lease>, observed_ago: Duration) -> Action {
+    /// decide() with the lease's spec first seen `seen_ago` before now.
+    fn decide_at(lease: Option<&LeaseSpec>, seen_ago: Duration) -> Decision {
         let now = Instant::now() + Duration::from_secs(3600);
-        decide(observed, now - observed_ago, now, &wall(0), ME, &config())
+        decide(lease, now - seen_ago, now, &wall(0), &config())
     }
 
-    #[test]
-    fn absent_lease_is_created_with_us_as_holder_and_no_transitions() {
-        assert_eq!(
-            decide_at(None, Duration::ZERO),
-            Action::Create(ours(0, 0, 0))
-        );
+    fn take(spec: LeaseSpec, how: &str) -> Decision {
+        Decision::Take {
+            spec,
+            how: how.into(),
+        }
     }
 
-    #[test]
-    fn our_own_lease_is_renewed_keeping_acquire_time_and_transitions() {
-        let l = held_by(ME, 15, -5, 7);
-        assert_eq!(
-            decide_at(Some(&l), Duration::from_secs(5)),
-            Action::Renew(ours(-100, 0, 7))
-        );
-    }
-
-    #[test]
-    fn our_own_lease_is_renewed_even_when_it_looks_expired() {
-        let l = held_by(ME, 15, -500, 2);
-        assert_eq!(
-            decide_at(Some(&l), Duration::from_secs(500)),
-            Action::Renew(ours(-100, 0, 2))
-        );
-    }
-
-    #[test]
-    fn valid_lease_of_another_replica_is_waited_for() {
-        let l = held_by(OTHER, 15, -1, 3);
-        assert_eq!(
-            decide_at(Some(&l), Duration::from_secs(1)),
-            Action::Wait {
-                holder: OTHER.into(),
-                expires_in: Duration::from_secs(14)
-            }
-        );
-    }
-
-    #[test]
-    fn lease_of_another_replica_is_valid_until_its_full_duration_after_we_saw_it() {
-        let l = held_by(OTHER, 15, 0, 3);
-        let just_before = Duration::from_secs(15) - Duration::from_millis(1);
-        assert_eq!(
-            decide_at(Some(&l), just_before),
-            Action::Wait {
-                holder: OTHER.into(),
-                expires_in: Duration::from_millis(1)
-            }
-        );
-    }
-
-    #[test]
-    fn expired_lease_of_another_replica_is_acquired_with_one_more_transition() {
-        let l = held_by(OTHER, 15, -15, 3);
-        assert_eq!(
-            decide_at(Some(&l), Duration::from_secs(15)),
-            Action::Acquire {
-                spec: ours(0, 0, 4),
-                from: Previous::Expired(OTHER.into())
-            }
-        );
-    }
-
-    #[test]
-    fn remote_renew_time_long_ago_does_not_expire_a_lease_we_just_saw_change() {
-        // Its wall clock (or ours) is off by an hour: only our observation time counts.
-        let l = held_by(OTHER, 15, -3600, 3);
-        assert!(matches!(
-            decide_at(Some(&l), Duration::ZERO),
-            Action::Wait { .. }
-        ));
-    }
-
-    #[test]
-    fn remote_renew_time_in_the_future_does_not_keep_an_unrenewed_lease_alive() {
-        let l = held_by(OTHER, 15, 3600, 3);
-        assert!(matches!(
-            decide_at(Some(&l), Duration::from_secs(16)),
-            Action::Acquire {
-                from: Previous::Expired(_),
-                ..
-            }
-        ));
-    }
-
-    #[test]
-    fn the_holders_own_lease_duration_counts_not_ours() {
-        let l = held_by(OTHER, 60, 0, 0);
-        assert_eq!(
-            decide_at(Some(&l), Duration::from_secs(30)),
-            Action::Wait {
-                holder: OTHER.into(),
-                expires_in: Duration::from_secs(30)
-            }
-        );
-        let short = held_by(OTHER, 2, 0, 0);
-        assert!(matches!(
-            decide_at(Some(&short), Duration::from_secs(2)),
-            Action::Acquire { .. }
-        ));
-    }
-
-    #[test]
-    fn missing_or_nonpositive_lease_duration_falls_back_to_ours() {
-        for duration in [None, Some(0), Some(-5)] {
-            let mut l = held_by(OTHER, 1, 0, 0);
-            l.spec.as_mut().unwrap().lease_duration_seconds = duration;
-            assert!(
-                matches!(
-                    decide_at(Some(&l), Duration::from_secs(14)),
-                    Action::Wait { .. }
-                ),
-                "{duration:?}"
-            );
-            assert!(
-                matches!(
-                    decide_at(Some(&l), Duration::from_secs(15)),
-                    Action::Acquire { .. }
-                ),
-                "{duration:?}"
-            );
+    fn follow(holder: &str) -> Decision {
+        Decision::Follow {
+            holder: holder.into(),
         }
     }
 
     #[test]
-    fn released_lease_is_acquired_at_once() {
-        let released = lease(Some(released_spec(
-            Some(&held_by(OTHER, 15, 0, 5).spec.unwrap()),
-            &wall(0),
-        )));
-        assert_eq!(
-            decide_at(Some(&released), Duration::ZERO),
-            Action::Acquire {
-                spec: ours(0, 0, 6),
-                from: Previous::Released
-            }
-        );
-    }
-
-    #[test]
-    fn lease_without_holder_or_spec_counts_as_released() {
-        let no_holder = lease(Some(LeaseSpec::default()));
-        let no_spec = lease(None);
-        for l in [no_holder, no_spec] {
-            assert_eq!(
-                decide_at(Some(&l), Duration::ZERO),
-                Action::Acquire {
-                    spec: ours(0, 0, 1),
-                    from: Previous::Released
-                }
-            );
+    fn decide_table() {
+        let s = Duration::from_secs;
+        let mut no_duration = held_by(OTHER, 1, 0, 0);
+        no_duration.lease_duration_seconds = None;
+        let mut negative = held_by(OTHER, 1, 0, 0);
+        negative.lease_duration_seconds = Some(-5);
+        let released_by_other = released(&held_by(OTHER, 15, 0, 5), &wall(0));
+        // (name, observed spec, first seen ago, expected)
+        let cases: Vec<(&str, Option<LeaseSpec>, Duration, Decision)> = vec![
+            (
+                "absent_lease_is_created_with_no_transitions",
+                None,
+                s(0),
+                take(ours(0, 0), "created the lease"),
+            ),
+            (
+                "our_lease_is_renewed_keeping_acquire_time_and_transitions",
+                Some(held_by(ME, 15, -5, 7)),
+                s(5),
+                take(ours(-100, 7), "the lease already named us"),
+            ),
+            (
+                "our_lease_is_renewed_even_when_it_looks_expired",
+                Some(held_by(ME, 15, -500, 2)),
+                s(500),
+                take(ours(-100, 2), "the lease already named us"),
+            ),
+            (
+                "valid_lease_of_another_is_followed",
+                Some(held_by(OTHER, 15, -1, 3)),
+                s(1),
+                follow(OTHER),
+            ),
+            (
+                "lease_of_another_is_valid_until_its_full_duration_after_we_saw_it",
+                Some(held_by(OTHER, 15, 0, 3)),
+                s(15) - Duration::from_millis(1),
+                follow(OTHER),
+            ),
+            (
+                "expired_lease_of_another_is_taken_with_one_more_transition",
+                Some(held_by(OTHER, 15, -15, 3)),
+                s(15),
+                take(ours(0, 4), "the lease of pod-b_0000000b expired"),
+            ),
+            (
+                "remote_renew_time_long_ago_does_not_expire_a_lease_we_just_saw_change",
+                Some(held_by(OTHER, 15, -3600, 3)),
+                s(0),
+                follow(OTHER),
+            ),
+            (
+                "remote_renew_time_in_the_future_does_not_keep_a_lease_alive",
+                Some(held_by(OTHER, 15, 3600, 3)),
+                s(16),
+                take(ours(0, 4), "the lease of pod-b_0000000b expired"),
+            ),
+            (
+                "the_holders_own_longer_duration_counts",
+                Some(held_by(OTHER, 60, 0, 0)),
+                s(30),
+                follow(OTHER),
+            ),
+            (
+                "the_holders_own_shorter_duration_counts",
+                Some(held_by(OTHER, 2, 0, 0)),
+                s(2),
+                take(ours(0, 1), "the lease of pod-b_0000000b expired"),
+            ),
+            (
+                "missing_duration_falls_back_to_ours_before",
+                Some(no_duration.clone()),
+                s(14),
+                follow(OTHER),
+            ),
+            (
+                "missing_duration_falls_back_to_ours_after",
+                Some(no_duration),
+                s(15),
+                take(ours(0, 1), "the lease of pod-b_0000000b expired"),
+            ),
+            (
+                "negative_duration_falls_back_to_ours",
+                Some(negative),
+                s(14),
+                follow(OTHER),
+            ),
+            (
+                "released_lease_is_taken_at_once",
+                Some(released_by_other),
+                s(0),
+                take(ours(0, 6), "the lease was released"),
+            ),
+            (
+                "lease_without_holder_counts_as_released",
+                Some(LeaseSpec::default()),
+                s(0),
+                take(ours(0, 1), "the lease was released"),
+            ),
+        ];
+        for (name, lease, ago, want) in cases {
+            assert_eq!(decide_at(lease.as_ref(), ago), want, "{name}");
         }
     }
 
     #[test]
-    fn transitions_saturate() {
-        let l = held_by(OTHER, 15, 0, i32::MAX);
-        let Action::Acquire { spec, .. } = decide_at(Some(&l), Duration::from_secs(15)) else {
-            panic!("expected acquire");
+    fn transitions_saturate_and_coordinated_election_fields_are_kept() {
+        let mut l = held_by(OTHER, 15, 0, i32::MAX);
+        l.strategy = Some("OldestEmulationVersion".into());
+        l.preferred_holder = Some("x".into());
+        let Decision::Take { spec, .. } = decide_at(Some(&l), Duration::from_secs(15)) else {
+            panic!("expected take");
         };
         assert_eq!(spec.lease_transitions, Some(i32::MAX));
-    }
-
-    #[test]
-    fn coordinated_election_fields_are_kept() {
-        let mut l = held_by(OTHER, 15, 0, 0);
-        let spec = l.spec.as_mut().unwrap();
-        spec.strategy = Some("OldestEmulationVersion".into());
-        spec.preferred_holder = Some("x".into());
-        let Action::Acquire { spec, .. } = decide_at(Some(&l), Duration::from_secs(15)) else {
-            panic!("expected acquire");
-        };
         assert_eq!(spec.strategy.as_deref(), Some("OldestEmulationVersion"));
         assert_eq!(spec.preferred_holder.as_deref(), Some("x"));
     }
 
     #[test]
     fn release_clears_the_holder_and_keeps_transitions() {
-        let old = held_by(ME, 15, -1, 4).spec.unwrap();
         assert_eq!(
-            released_spec(Some(&old), &wall(0)),
+            released(&held_by(ME, 15, -1, 4), &wall(0)),
             LeaseSpec {
                 holder_identity: Some(String::new()),
                 lease_duration_seconds: Some(1),
@@ -975,117 +604,22 @@ mod tests {
     }
 
     #[test]
-    fn observation_time_moves_only_when_the_record_changes() {
-        let t0 = Instant::now();
-        let t1 = t0 + Duration::from_secs(5);
-        let first = observe(None, held_by(OTHER, 15, 0, 0), t0);
-        assert_eq!(first.at, t0);
-
-        let mut same_spec = held_by(OTHER, 15, 0, 0);
-        same_spec.metadata.resource_version = Some("43".into());
-        same_spec.metadata.labels = Some([("a".to_string(), "b".to_string())].into());
-        let again = observe(Some(first.clone()), same_spec.clone(), t1);
-        assert_eq!(again.at, t0, "metadata-only changes do not reset the clock");
-        assert_eq!(
-            again.lease, same_spec,
-            "the newest object is kept for its resourceVersion"
-        );
-
-        let renewed = observe(Some(first), held_by(OTHER, 15, 2, 0), t1);
-        assert_eq!(renewed.at, t1, "a renewal resets the clock");
-    }
-
-    #[test]
     fn lease_duration_seconds_round_up_and_are_at_least_one() {
-        let cases = [
+        for (d, want) in [
             (Duration::from_secs(15), 15),
             (Duration::from_millis(1500), 2),
             (Duration::from_millis(200), 1),
             (Duration::ZERO, 1),
             (Duration::from_secs(u64::MAX), i32::MAX),
-        ];
-        for (d, want) in cases {
-            assert_eq!(duration_seconds(d), want, "{d:?}");
+        ] {
+            assert_eq!(whole_seconds(d), want, "{d:?}");
         }
     }
 
     #[test]
-    fn default_config_is_valid_and_matches_client_go() {
-        let c = config();
-        assert_eq!(c.validate(), Ok(()));
-        assert_eq!(
-            (c.lease_duration, c.renew_deadline, c.retry_period),
-            (
-                Duration::from_secs(15),
-                Duration::from_secs(10),
-                Duration::from_secs(2)
-            )
-        );
-    }
-
-    #[test]
-    fn invalid_configs_are_rejected_and_repaired() {
-        let mut c = config();
-        c.renew_deadline = c.lease_duration;
-        assert!(matches!(
-            c.validate(),
-            Err(LeaderConfigError::Timing { .. })
-        ));
-        assert_eq!(c.clone().repaired(), config());
-
-        let mut c = config();
-        c.retry_period = Duration::ZERO;
-        assert!(c.validate().is_err());
-
-        let mut c = config();
-        c.retry_period = c.renew_deadline;
-        assert!(c.validate().is_err());
-
-        let c = LeaderConfig::new("ns", "lease", "");
-        assert_eq!(c.validate(), Err(LeaderConfigError::Empty("identity")));
-        let repaired = c.repaired();
-        assert!(!repaired.identity.is_empty());
-        assert_eq!(repaired.validate(), Ok(()));
-
-        assert_eq!(
-            LeaderConfig::new("", "lease", ME).validate(),
-            Err(LeaderConfigError::Empty("namespace"))
-        );
-        assert_eq!(
-            LeaderConfig::new("ns", "", ME).validate(),
-            Err(LeaderConfigError::Empty("name"))
-        );
-    }
-
-    #[test]
-    fn identity_prefers_pod_name_then_hostname_and_adds_a_suffix() {
-        assert_eq!(
-            identity(Some("pod-1".into()), Some("node".into()), 0xab),
-            "pod-1_000000ab"
-        );
-        assert_eq!(identity(None, Some("node".into()), 1), "node_00000001");
-        assert_eq!(
-            identity(None, None, 0xffff_ffff),
-            "pullsecret-injector_ffffffff"
-        );
-    }
-
-    #[test]
-    fn default_identities_differ_between_calls() {
+    fn default_identities_differ_and_end_in_a_random_suffix() {
         let (a, b) = (default_identity(), default_identity());
         assert_ne!(a, b);
         assert!(a.len() > 9 && a.as_bytes()[a.len() - 9] == b'_', "{a}");
-    }
-
-    #[test]
-    fn publish_wakes_receivers_only_on_change() {
-        let (tx, mut rx) = watch::channel(false);
-        publish(&tx, false);
-        assert!(!rx.has_changed().unwrap());
-        publish(&tx, true);
-        assert!(rx.has_changed().unwrap());
-        assert!(*rx.borrow_and_update());
-        publish(&tx, true);
-        assert!(!rx.has_changed().unwrap());
     }
 }

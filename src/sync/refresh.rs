@@ -2,37 +2,60 @@
 //! until the policy says it is due (or its files change), retry failures with backoff.
 //!
 //! The loop is the only caller of the provider, so there is exactly one fetch per registry
-//! per refresh whatever the number of namespaces. A failure never publishes anything: the
-//! Secrets keep the last good credential, which stays valid until its own expiry.
+//! per refresh whatever the number of namespaces. A failure never publishes a credential:
+//! the Secrets keep the last good one, which stays valid until its own expiry. It does
+//! publish the registry's [`RefreshStatus`], which the sync task reports (health, Events).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
-use crate::credentials::{Credential, Fingerprint, Provider};
+use crate::credentials::{Fingerprint, Provider};
 use crate::metrics::{Metrics, RefreshLabel, RegistryLabel};
-use crate::sync::policy;
+use crate::sync::{RegistrySync, policy};
 
 /// How often the credential files are checked for rotation between refreshes (the
 /// default of the hidden `run --credential-file-check-interval` flag).
 pub const FILE_CHECK_INTERVAL: Duration = Duration::from_secs(10);
 
-/// The latest good credential of one registry (`None` until the first success).
-pub type CredentialRx = watch::Receiver<Option<Arc<Credential>>>;
+/// How the last refresh of a registry's credential went.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum RefreshStatus {
+    /// No refresh yet (or not leading).
+    #[default]
+    NotYet,
+    /// The last refresh worked.
+    Working,
+    /// The last refresh failed with this error (never holds a secret value).
+    Failing(String),
+}
 
-/// Refresh `provider`'s credential until `stop` turns true, publishing each success on `tx`.
-/// The credential files are checked for changes every `file_check_interval`.
+/// When to refresh.
+#[derive(Debug, Clone, Copy)]
+pub struct RefreshTiming {
+    /// Upper bound on a credential's age.
+    pub refresh_interval: Duration,
+    /// How often the credential files are checked for rotation between refreshes.
+    pub file_check_interval: Duration,
+}
+
+/// Refresh `registry`'s credential until `stop` is cancelled, publishing each success on
+/// `registry.credential` and each outcome on `registry.status`.
 pub async fn refresh_loop(
-    registry: String,
-    provider: Arc<Provider>,
-    tx: watch::Sender<Option<Arc<Credential>>>,
-    refresh_interval: Duration,
-    file_check_interval: Duration,
-    metrics: Metrics,
-    mut stop: watch::Receiver<bool>,
+    registry: &RegistrySync,
+    timing: RefreshTiming,
+    metrics: &Metrics,
+    stop: &CancellationToken,
 ) {
+    let RefreshTiming {
+        refresh_interval,
+        file_check_interval,
+    } = timing;
+    let provider = &registry.provider;
+    let tx = &registry.credential;
+    let registry_name = &registry.name;
     let mut failures: u32 = 0;
     // A credential from an earlier term of leadership is used until it is due: regaining the
     // lease (e.g. after an API server outage longer than the renew deadline) must not
@@ -48,19 +71,11 @@ pub async fn refresh_loop(
         );
         if delay > policy::MIN_REFRESH_DELAY {
             tracing::info!(
-                registry,
+                registry = %registry_name,
                 refresh_in = %humantime::format_duration(round_secs(delay)),
                 "keeping the credential fetched before; refreshing when it is due"
             );
-            if wait(
-                delay,
-                &provider,
-                c.fingerprint(),
-                file_check_interval,
-                &mut stop,
-            )
-            .await
-            {
+            if wait(delay, provider, c.fingerprint(), file_check_interval, stop).await {
                 return;
             }
         }
@@ -74,7 +89,7 @@ pub async fn refresh_loop(
                 metrics
                     .credential_refresh
                     .get_or_create(&RefreshLabel {
-                        registry: registry.clone(),
+                        registry: registry_name.clone(),
                         result: "success",
                     })
                     .inc();
@@ -82,12 +97,12 @@ pub async fn refresh_loop(
                     metrics
                         .credential_expiry
                         .get_or_create(&RegistryLabel {
-                            registry: registry.clone(),
+                            registry: registry_name.clone(),
                         })
                         .set(expires_at.as_millisecond() as f64 / 1000.0);
                 }
                 tracing::info!(
-                    registry,
+                    registry = %registry_name,
                     kind = provider.kind(),
                     expires_at = %credential.expires_at().map(|t| t.to_string()).unwrap_or_else(|| "static".into()),
                     "credential refreshed"
@@ -100,13 +115,16 @@ pub async fn refresh_loop(
                     jitter(),
                 );
                 tx.send_replace(Some(Arc::new(credential)));
+                registry.status.send_if_modified(|s| {
+                    std::mem::replace(s, RefreshStatus::Working) != RefreshStatus::Working
+                });
                 delay
             }
             Err(e) => {
                 metrics
                     .credential_refresh
                     .get_or_create(&RefreshLabel {
-                        registry: registry.clone(),
+                        registry: registry_name.clone(),
                         result: "failure",
                     })
                     .inc();
@@ -117,8 +135,13 @@ pub async fn refresh_loop(
                     Some(expiry) => policy::is_usable(Timestamp::now(), expiry),
                     None => false,
                 };
+                let status =
+                    RefreshStatus::Failing(format!("{} credentials: {e}", provider.kind()));
+                registry
+                    .status
+                    .send_if_modified(|s| std::mem::replace(s, status.clone()) != status);
                 tracing::warn!(
-                    registry,
+                    registry = %registry_name,
                     kind = provider.kind(),
                     error = %e,
                     retry_in = %humantime::format_duration(round_secs(delay)),
@@ -128,7 +151,7 @@ pub async fn refresh_loop(
                 delay
             }
         };
-        if wait(delay, &provider, seen, file_check_interval, &mut stop).await {
+        if wait(delay, provider, seen, file_check_interval, stop).await {
             return;
         }
     }
@@ -140,7 +163,7 @@ async fn wait(
     provider: &Provider,
     seen: Fingerprint,
     file_check_interval: Duration,
-    stop: &mut watch::Receiver<bool>,
+    stop: &CancellationToken,
 ) -> bool {
     let deadline = tokio::time::Instant::now() + delay;
     let watch_files = !provider.files().is_empty();
@@ -152,7 +175,7 @@ async fn wait(
             deadline
         };
         tokio::select! {
-            r = stop.wait_for(|s| *s) => { let _ = r; return true; }
+            () = stop.cancelled() => return true,
             _ = tokio::time::sleep_until(wake) => {}
         }
         if tokio::time::Instant::now() >= deadline {
@@ -177,9 +200,9 @@ fn round_secs(d: Duration) -> Duration {
 mod tests {
     use super::*;
     use crate::config::{Basic, CredentialSource};
-    use crate::credentials::{HttpClient, HttpOptions, Secret};
+    use crate::credentials::{Credential, HttpClient, HttpOptions, Secret};
 
-    fn basic_provider(dir: &std::path::Path) -> Arc<Provider> {
+    fn basic_registry(dir: &std::path::Path) -> RegistrySync {
         let password_file = dir.join("password");
         std::fs::write(&password_file, "from-the-file\n").unwrap();
         let source = CredentialSource::Basic(Basic {
@@ -187,29 +210,27 @@ mod tests {
             password_file,
         });
         let http = HttpClient::new(HttpOptions::default()).unwrap();
-        Arc::new(Provider::new(&source, &http).unwrap())
+        RegistrySync::new(
+            "r",
+            "s",
+            vec!["x.io".into()],
+            Provider::new(&source, &http).unwrap(),
+        )
     }
 
     /// Run the loop for `for_` (real time: file reads) and return the successful fetches.
-    async fn run_for(
-        provider: Arc<Provider>,
-        tx: watch::Sender<Option<Arc<Credential>>>,
-        for_: Duration,
-    ) -> u64 {
+    async fn run_for(registry: &RegistrySync, for_: Duration) -> u64 {
         let metrics = Metrics::new();
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(refresh_loop(
-            "r".into(),
-            provider,
-            tx,
-            Duration::from_secs(3600),
-            Duration::from_millis(20),
-            metrics.clone(),
-            stop_rx,
-        ));
-        tokio::time::sleep(for_).await;
-        stop_tx.send(true).unwrap();
-        task.await.unwrap();
+        let stop = CancellationToken::new();
+        let timing = RefreshTiming {
+            refresh_interval: Duration::from_secs(3600),
+            file_check_interval: Duration::from_millis(20),
+        };
+        let stopper = async {
+            tokio::time::sleep(for_).await;
+            stop.cancel();
+        };
+        tokio::join!(refresh_loop(registry, timing, &metrics, &stop), stopper);
         metrics
             .credential_refresh
             .get_or_create(&RefreshLabel {
@@ -222,19 +243,22 @@ mod tests {
     #[tokio::test]
     async fn credential_from_an_earlier_term_of_leadership_is_kept_until_it_is_due() {
         let dir = tempfile::tempdir().unwrap();
-        let provider = basic_provider(dir.path());
-        let earlier = Arc::new(provider.fetch().await.unwrap());
-        let (tx, _rx) = watch::channel(Some(earlier.clone()));
-        let fetches = run_for(provider, tx.clone(), Duration::from_millis(200)).await;
+        let registry = basic_registry(dir.path());
+        let earlier = Arc::new(registry.provider.fetch().await.unwrap());
+        registry.credential.send_replace(Some(earlier.clone()));
+        let fetches = run_for(&registry, Duration::from_millis(200)).await;
         assert_eq!(fetches, 0, "not fetched again");
-        assert!(Arc::ptr_eq(tx.borrow().as_ref().unwrap(), &earlier));
+        assert!(Arc::ptr_eq(
+            registry.credential.borrow().as_ref().unwrap(),
+            &earlier
+        ));
     }
 
     #[tokio::test]
     async fn credential_from_an_earlier_term_is_refreshed_at_once_when_due_or_its_file_changed() {
         let dir = tempfile::tempdir().unwrap();
-        let provider = basic_provider(dir.path());
-        let files = provider.files_fingerprint().await;
+        let registry = basic_registry(dir.path());
+        let files = registry.provider.files_fingerprint().await;
         let two_hours_ago = Timestamp::now() - jiff::SignedDuration::from_hours(2);
         let due = Credential::login("robot", Secret::new("old"), two_hours_ago, None)
             .unwrap()
@@ -243,11 +267,53 @@ mod tests {
         let stale_files =
             Credential::login("robot", Secret::new("old"), Timestamp::now(), None).unwrap();
         for earlier in [due, stale_files] {
-            let (tx, _rx) = watch::channel(Some(Arc::new(earlier)));
-            let fetches = run_for(provider.clone(), tx.clone(), Duration::from_millis(300)).await;
+            registry.credential.send_replace(Some(Arc::new(earlier)));
+            let fetches = run_for(&registry, Duration::from_millis(300)).await;
             assert_eq!(fetches, 1);
-            let now = tx.borrow().clone().unwrap();
+            let now = registry.credential.borrow().clone().unwrap();
             assert_eq!(now.password().unwrap().expose(), "from-the-file");
+            assert_eq!(*registry.status.borrow(), RefreshStatus::Working);
         }
+    }
+
+    #[tokio::test]
+    async fn a_failing_refresh_publishes_its_error_and_keeps_the_credential() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = basic_registry(dir.path());
+        let good = Arc::new(registry.provider.fetch().await.unwrap());
+        std::fs::remove_file(dir.path().join("password")).unwrap();
+        let due =
+            Credential::login("robot", Secret::new("old"), Timestamp::UNIX_EPOCH, None).unwrap();
+        registry.credential.send_replace(Some(Arc::new(due)));
+        registry.credential.send_replace(Some(good.clone()));
+        let mut status = registry.status.subscribe();
+        let stop = CancellationToken::new();
+        let timing = RefreshTiming {
+            refresh_interval: Duration::from_secs(10),
+            file_check_interval: Duration::from_millis(20),
+        };
+        // The kept credential's files changed (the file is gone): refreshed at once, fails.
+        let metrics = Metrics::new();
+        let watcher = async {
+            let s = status
+                .wait_for(|s| matches!(s, RefreshStatus::Failing(_)))
+                .await
+                .unwrap()
+                .clone();
+            stop.cancel();
+            s
+        };
+        let ((), failing) = tokio::join!(refresh_loop(&registry, timing, &metrics, &stop), watcher);
+        let RefreshStatus::Failing(e) = failing else {
+            unreachable!()
+        };
+        assert!(
+            e.starts_with("basic credentials: reading password file"),
+            "{e}"
+        );
+        assert!(Arc::ptr_eq(
+            registry.credential.borrow().as_ref().unwrap(),
+            &good
+        ));
     }
 }

@@ -1,22 +1,11 @@
-//! Bring one namespace's managed Secrets to the desired state.
-//!
-//! Desired: for every registry whose credential is known, a `kubernetes.io/dockerconfigjson`
-//! Secret named `secretName` in every namespace that matches the selector; none of our
-//! Secrets anywhere else. Observed: what the label-filtered Secret watch last saw.
-//!
-//! Writes are careful about what is not ours. A Secret is created with a plain POST, which
-//! fails on an existing object instead of merging into it, so a same-named Secret without our
-//! label is never touched (it is logged, counted and reported as an Event instead). Our own
-//! Secrets are updated by server-side apply (field manager `pullsecret-injector`) carrying
-//! the resourceVersion we observed, so a concurrent change turns into a conflict and a
-//! retry rather than a blind overwrite; deletes carry the observed uid and resourceVersion
-//! as preconditions.
+//! The managed Secret as data: its names and labels, the object we want in a namespace
+//! ([`Desired`]) and what the watch saw of one ([`Observed`]), compared by digest. Pure;
+//! the writes are in `apply`.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret as K8sSecret;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::core::ObjectMeta;
 use sha2::{Digest, Sha256};
 
@@ -46,6 +35,8 @@ pub struct Observed {
     pub resource_version: String,
     /// Digest of type, annotations and data: equal digests mean nothing to write.
     pub digest: [u8; 32],
+    /// The registry it was written for (`pullsecret-injector.io/registry`).
+    pub registry: Option<String>,
 }
 
 impl Observed {
@@ -64,11 +55,18 @@ impl Observed {
                     .map(|b| b.0.as_slice()),
                 secret.data.as_ref().map_or(0, BTreeMap::len),
             ),
+            registry: secret
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(REGISTRY_ANNOTATION))
+                .cloned(),
         }
     }
 }
 
 /// The Secret one registry should have in one namespace.
+#[derive(Clone, PartialEq)]
 pub struct Desired {
     /// The object to create or apply.
     pub secret: K8sSecret,
@@ -155,110 +153,6 @@ fn digest(
     h.finalize().into()
 }
 
-/// Result of one write attempt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WriteResult {
-    /// A new Secret was created.
-    Created,
-    /// Our Secret was updated.
-    Updated,
-    /// Our Secret was deleted.
-    Deleted,
-    /// Nothing to do (already gone).
-    Unchanged,
-    /// A Secret with our name but not our label is there; left alone.
-    Foreign,
-    /// Someone changed the object since we observed it; retry after the watch catches up.
-    Conflict,
-}
-
-impl WriteResult {
-    /// The `secret_writes_total{result}` label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Created => "created",
-            Self::Updated => "updated",
-            Self::Deleted => "deleted",
-            Self::Unchanged => "unchanged",
-            Self::Foreign => "foreign",
-            Self::Conflict => "conflict",
-        }
-    }
-}
-
-/// A write's result and, when it stored an object, what that object now is.
-pub type Written = (WriteResult, Option<Observed>);
-
-/// Create the Secret, never merging into an existing object.
-pub async fn create(api: &Api<K8sSecret>, desired: &Desired) -> Result<Written, kube::Error> {
-    let pp = PostParams {
-        field_manager: Some(MANAGER.to_string()),
-        ..Default::default()
-    };
-    match api.create(&pp, &desired.secret).await {
-        Ok(s) => Ok((WriteResult::Created, Some(Observed::of(&s)))),
-        Err(kube::Error::Api(e)) if e.code == 409 => {
-            // Something is there. Ours (the watch has not caught up) or foreign?
-            let name = desired.secret.metadata.name.as_deref().unwrap_or_default();
-            match api.get_opt(name).await? {
-                Some(existing) if is_managed(&existing, instance_of(desired)) => {
-                    Ok((WriteResult::Conflict, Some(Observed::of(&existing))))
-                }
-                Some(_) => Ok((WriteResult::Foreign, None)),
-                None => Ok((WriteResult::Conflict, None)),
-            }
-        }
-        Err(e) => Err(e),
-    }
-}
-
-/// Update our Secret by server-side apply, guarded by the observed resourceVersion.
-pub async fn update(
-    api: &Api<K8sSecret>,
-    desired: &Desired,
-    observed: &Observed,
-) -> Result<Written, kube::Error> {
-    let mut secret = desired.secret.clone();
-    secret.metadata.resource_version = Some(observed.resource_version.clone());
-    let body = serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": secret.metadata,
-        "type": secret.type_,
-        "data": secret.data,
-    });
-    let name = desired.secret.metadata.name.as_deref().unwrap_or_default();
-    let params = PatchParams::apply(MANAGER).force();
-    match api.patch(name, &params, &Patch::Apply(body)).await {
-        Ok(s) => Ok((WriteResult::Updated, Some(Observed::of(&s)))),
-        Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => {
-            Ok((WriteResult::Conflict, None))
-        }
-        Err(e) => Err(e),
-    }
-}
-
-/// Delete our Secret, only if it is still the object we observed.
-pub async fn delete(
-    api: &Api<K8sSecret>,
-    name: &str,
-    observed: &Observed,
-) -> Result<Written, kube::Error> {
-    let dp = DeleteParams {
-        preconditions: Some(Preconditions {
-            uid: Some(observed.uid.clone()),
-            resource_version: Some(observed.resource_version.clone()),
-        }),
-        ..Default::default()
-    };
-    match api.delete(name, &dp).await {
-        Ok(_) => Ok((WriteResult::Deleted, None)),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok((WriteResult::Unchanged, None)),
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok((WriteResult::Conflict, None)),
-        Err(e) => Err(e),
-    }
-}
-
 /// Whether a Secret carries our managed-by label and this installation's instance label.
 pub fn is_managed(secret: &K8sSecret, instance: &str) -> bool {
     let labels = secret.metadata.labels.as_ref();
@@ -269,16 +163,6 @@ pub fn is_managed(secret: &K8sSecret, instance: &str) -> bool {
 /// The label selector of the Secrets one installation manages.
 pub fn selector(instance: &str) -> String {
     format!("{MANAGED_BY_LABEL}={MANAGER},{INSTANCE_LABEL}={instance}")
-}
-
-fn instance_of(desired: &Desired) -> &str {
-    desired
-        .secret
-        .metadata
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(INSTANCE_LABEL))
-        .map_or("", String::as_str)
 }
 
 #[cfg(test)]

@@ -1,0 +1,269 @@
+//! What every replica knows of the cluster, fed by the watches, read by the worker.
+//!
+//! Two mirrors (opted-in namespaces, our Secrets), the Secrets we found to be foreign
+//! (learned from refused creates: the label-filtered watch never sees them), and the work
+//! queue. Every change pushes the namespace it concerns; nothing else decides anything here.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::RangeBounds;
+use std::sync::Mutex;
+
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::ResourceExt;
+
+use super::queue::WorkQueue;
+use super::secret::Observed;
+
+/// A namespace that matches the top-level selector, as far as the sync task cares.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NamespaceInfo {
+    /// Its labels (for per-registry selectors).
+    pub labels: BTreeMap<String, String>,
+    /// It has a deletion timestamp: Secrets can no longer be created in it.
+    pub terminating: bool,
+}
+
+impl NamespaceInfo {
+    /// Read what matters from a watched Namespace.
+    pub fn of(ns: &Namespace) -> Self {
+        Self {
+            labels: ns.labels().clone(),
+            terminating: ns.metadata.deletion_timestamp.is_some(),
+        }
+    }
+}
+
+/// Where a Secret is: namespace, then name (ordered so that a namespace's Secrets are a
+/// range).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SecretKey {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+impl SecretKey {
+    /// The key of `name` in `namespace`.
+    pub fn new(namespace: &str, name: &str) -> Self {
+        Self {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        }
+    }
+
+    /// The key of a watched Secret.
+    pub fn of(secret: &Secret) -> Self {
+        Self::new(&secret.namespace().unwrap_or_default(), &secret.name_any())
+    }
+}
+
+/// What the sync task knows of one Secret name in one namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretState {
+    /// Ours, as last observed (watch or our own write).
+    Ours(Observed),
+    /// Someone else's (a create was refused and the object lacks our labels).
+    Foreign {
+        /// Whether it was reported (log line and Event) already.
+        reported: bool,
+    },
+}
+
+/// A map kept equal to what a watch reports, keyed for range reads.
+#[derive(Debug)]
+pub struct Mirror<K, V> {
+    map: Mutex<BTreeMap<K, V>>,
+}
+
+impl<K, V> Default for Mirror<K, V> {
+    fn default() -> Self {
+        Self {
+            map: Mutex::default(),
+        }
+    }
+}
+
+impl<K: Ord + Clone, V: Clone + PartialEq> Mirror<K, V> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<K, V>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Replace everything (a fresh list); returns the keys whose value changed, appeared or
+    /// disappeared.
+    pub fn replace_all(&self, new: BTreeMap<K, V>) -> Vec<K> {
+        let old = std::mem::replace(&mut *self.lock(), new.clone());
+        let mut changed: Vec<K> = old
+            .iter()
+            .filter(|(k, v)| new.get(k) != Some(v))
+            .map(|(k, _)| k.clone())
+            .collect();
+        changed.extend(new.keys().filter(|k| !old.contains_key(k)).cloned());
+        changed
+    }
+
+    /// Insert or replace; returns whether the value changed.
+    pub fn upsert(&self, key: K, value: V) -> bool {
+        self.lock().insert(key, value.clone()).as_ref() != Some(&value)
+    }
+
+    /// Remove; returns whether it was there.
+    pub fn remove(&self, key: &K) -> bool {
+        self.lock().remove(key).is_some()
+    }
+
+    /// The value at `key`.
+    pub fn get(&self, key: &K) -> Option<V> {
+        self.lock().get(key).cloned()
+    }
+
+    /// The entries in `range`.
+    pub fn range(&self, range: impl RangeBounds<K>) -> Vec<(K, V)> {
+        self.lock()
+            .range(range)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// Every key.
+    pub fn keys(&self) -> Vec<K> {
+        self.lock().keys().cloned().collect()
+    }
+
+    /// How many entries satisfy `f`.
+    pub fn count(&self, f: impl Fn(&V) -> bool) -> usize {
+        self.lock().values().filter(|v| f(v)).count()
+    }
+}
+
+/// Everything the watches feed and the worker reads.
+#[derive(Debug, Default)]
+pub struct State {
+    /// Namespaces matching the opt-in selector (terminating ones included, marked).
+    pub namespaces: Mirror<String, NamespaceInfo>,
+    /// Our Secrets.
+    pub secrets: Mirror<SecretKey, Observed>,
+    /// Secrets with a managed name that are not ours.
+    foreign: Mutex<HashMap<SecretKey, bool>>,
+    /// Namespaces to reconcile.
+    pub queue: WorkQueue,
+}
+
+impl State {
+    /// What is known of every managed name in `namespace`: our Secrets, then the foreign
+    /// ones we ran into.
+    pub fn secrets_in(&self, namespace: &str) -> BTreeMap<String, SecretState> {
+        let from = SecretKey::new(namespace, "");
+        let mut out: BTreeMap<String, SecretState> = self
+            .secrets
+            .range(from..)
+            .into_iter()
+            .take_while(|(k, _)| k.namespace == namespace)
+            .map(|(k, o)| (k.name, SecretState::Ours(o)))
+            .collect();
+        for (key, reported) in self.foreign().iter() {
+            if key.namespace == namespace {
+                out.entry(key.name.clone()).or_insert(SecretState::Foreign {
+                    reported: *reported,
+                });
+            }
+        }
+        out
+    }
+
+    fn foreign(&self) -> std::sync::MutexGuard<'_, HashMap<SecretKey, bool>> {
+        self.foreign.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A create was refused because `key` exists without our labels. Returns true the first
+    /// time (it still needs reporting).
+    pub fn found_foreign(&self, key: SecretKey) -> bool {
+        let mut f = self.foreign();
+        let new = !f.contains_key(&key);
+        f.entry(key).or_insert(false);
+        new
+    }
+
+    /// The foreign Secret at `key` was reported.
+    pub fn reported_foreign(&self, key: SecretKey) {
+        self.foreign().insert(key, true);
+    }
+
+    /// We wrote our own Secret at `key`: it is not foreign (any more).
+    pub fn wrote(&self, key: SecretKey, observed: Option<Observed>) {
+        self.foreign().remove(&key);
+        match observed {
+            Some(o) => {
+                self.secrets.upsert(key, o);
+            }
+            None => {
+                self.secrets.remove(&key);
+            }
+        }
+    }
+
+    /// Queue every namespace we know of: matching ones and those holding our Secrets.
+    pub fn queue_everything(&self) {
+        for ns in self.namespaces.keys() {
+            self.queue.push(&ns);
+        }
+        for key in self.secrets.keys() {
+            self.queue.push(&key.namespace);
+        }
+    }
+
+    /// Queue every matching namespace (a credential changed).
+    pub fn queue_matching(&self) {
+        for ns in self.namespaces.keys() {
+            self.queue.push(&ns);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn observed(uid: &str) -> Observed {
+        Observed {
+            uid: uid.into(),
+            resource_version: "1".into(),
+            digest: [0; 32],
+            registry: None,
+        }
+    }
+
+    #[test]
+    fn mirror_reports_what_a_fresh_list_changed() {
+        let m: Mirror<String, u32> = Mirror::default();
+        assert!(m.upsert("a".into(), 1));
+        assert!(!m.upsert("a".into(), 1), "same value: no change");
+        assert!(m.upsert("b".into(), 2));
+        let mut changed = m.replace_all(BTreeMap::from([("a".into(), 1), ("c".into(), 3)]));
+        changed.sort();
+        assert_eq!(changed, ["b", "c"]);
+        assert!(m.remove(&"a".to_string()));
+        assert!(!m.remove(&"a".to_string()));
+    }
+
+    #[test]
+    fn secrets_of_a_namespace_are_ours_first_then_foreign_ones() {
+        let s = State::default();
+        s.secrets.upsert(SecretKey::new("a", "x"), observed("1"));
+        s.secrets.upsert(SecretKey::new("ab", "x"), observed("2"));
+        s.secrets.upsert(SecretKey::new("a", "y"), observed("3"));
+        assert!(s.found_foreign(SecretKey::new("a", "z")));
+        assert!(!s.found_foreign(SecretKey::new("a", "z")));
+        let got = s.secrets_in("a");
+        assert_eq!(got.keys().collect::<Vec<_>>(), ["x", "y", "z"]);
+        assert_eq!(got["z"], SecretState::Foreign { reported: false });
+        s.reported_foreign(SecretKey::new("a", "z"));
+        assert_eq!(
+            s.secrets_in("a")["z"],
+            SecretState::Foreign { reported: true }
+        );
+        s.wrote(SecretKey::new("a", "z"), Some(observed("4")));
+        assert_eq!(s.secrets_in("a")["z"], SecretState::Ours(observed("4")));
+        assert!(s.secrets_in("b").is_empty());
+    }
+}
