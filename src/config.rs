@@ -9,7 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::labels::LabelSelector;
 use crate::registry::{HostPattern, RegistryEntry};
@@ -25,7 +25,7 @@ pub const DEFAULT_NAMESPACE_SELECTOR: &str = "pullsecret-injector.io/inject=enab
 pub const DEFAULT_POD_OPT_OUT_ANNOTATION: &str = "pullsecret-injector.io/skip";
 
 /// The whole configuration file, after defaults.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Config {
     /// The HTTPS admission endpoint.
@@ -48,7 +48,7 @@ pub struct Config {
 }
 
 /// `webhook:` section.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WebhookConfig {
     /// Address the HTTPS server binds.
@@ -73,7 +73,7 @@ impl Default for WebhookConfig {
 }
 
 /// `admin:` section.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AdminConfig {
     /// Address the plain-HTTP admin server binds.
@@ -90,7 +90,7 @@ impl Default for AdminConfig {
 }
 
 /// `sync:` section.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SyncConfig {
     /// Upper bound on a credential's age before it is refreshed.
@@ -121,7 +121,7 @@ impl Default for SyncConfig {
 }
 
 /// `sync.leaderElection:` section.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LeaderElectionConfig {
     /// Whether replicas elect one writer through a Lease.
@@ -146,7 +146,7 @@ impl Default for LeaderElectionConfig {
 }
 
 /// One `registries[]` entry.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RegistryConfig {
     /// Unique name, used in metrics and the `pullsecret-injector.io/registry` annotation.
@@ -163,7 +163,7 @@ pub struct RegistryConfig {
 /// The credential source of one registry: one tagged enum from the config file to the
 /// provider that fetches it ([`crate::credentials::Provider`]). In YAML it is a map with
 /// exactly one key, the source's name.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum CredentialSource {
     /// IAM tokens minted from a service-account authorized key.
@@ -278,6 +278,24 @@ impl<'de> Deserialize<'de> for CredentialSources {
     }
 }
 
+impl Serialize for CredentialSources {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for source in &self.0 {
+            match source {
+                CredentialSource::YandexAuthorizedKey(v) => map.serialize_entry(source.kind(), v),
+                CredentialSource::YandexMetadata(v) => map.serialize_entry(source.kind(), v),
+                CredentialSource::YandexJsonKey(v) | CredentialSource::DockerConfig(v) => {
+                    map.serialize_entry(source.kind(), v)
+                }
+                CredentialSource::Basic(v) => map.serialize_entry(source.kind(), v),
+            }?;
+        }
+        map.end()
+    }
+}
+
 /// The current entry of an outer map, seen as a map of its own with that one entry.
 struct OneEntry<'a, A> {
     key: Option<String>,
@@ -305,7 +323,7 @@ impl<'de, A: serde::de::MapAccess<'de>> serde::de::MapAccess<'de> for OneEntry<'
 }
 
 /// `credentials.yandexAuthorizedKey`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct YandexAuthorizedKey {
     /// Path of the authorized key JSON (`yc iam key create` output).
@@ -316,7 +334,7 @@ pub struct YandexAuthorizedKey {
 }
 
 /// `credentials.yandexMetadata`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct YandexMetadata {
     /// Metadata token endpoint.
@@ -325,7 +343,7 @@ pub struct YandexMetadata {
 }
 
 /// A credential source that is just a file (`yandexJsonKey`, `dockerConfig`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FileSource {
     /// Path of the file.
@@ -333,7 +351,7 @@ pub struct FileSource {
 }
 
 /// `credentials.basic`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Basic {
     /// Registry username.
@@ -706,7 +724,11 @@ fn parse_listen(s: &str) -> Result<SocketAddr, String> {
 mod duration {
     use std::time::Duration;
 
-    use serde::{Deserialize, Deserializer};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d)?;
@@ -950,6 +972,18 @@ registries:
         let errs =
             invalid("registries: [{ name: a, hosts: [x.io], secretName: s, credentials: {} }]\n");
         assert!(errs[0].ends_with("found none"), "{errs:?}");
+    }
+
+    #[test]
+    fn a_config_written_back_as_yaml_reads_the_same() {
+        let text = MINIMAL.replace(
+            "yandexAuthorizedKey: { file: /creds/key.json }",
+            "basic: { username: u, passwordFile: /p }\n      dockerConfig: { file: /d }",
+        );
+        let config = Config::from_yaml(&text).unwrap();
+        let again = Config::from_yaml(&serde_norway::to_string(&config).unwrap()).unwrap();
+        assert_eq!(format!("{config:?}"), format!("{again:?}"));
+        assert_eq!(again.registries[0].credentials.0.len(), 2);
     }
 
     #[test]

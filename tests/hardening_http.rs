@@ -7,6 +7,7 @@
 //! h2 cases, and raw bytes for plaintext and old-TLS ClientHellos.
 
 mod cluster;
+mod common;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -17,9 +18,7 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 
-use pullsecret_injector::admission::Admission;
 use pullsecret_injector::metrics::Metrics;
-use pullsecret_injector::registry::{HostPattern, Registries, RegistryEntry};
 use pullsecret_injector::server::{self, Limits};
 use pullsecret_injector::tls::CertStore;
 use rustls::RootCertStore;
@@ -57,25 +56,13 @@ impl Server {
         let dir = tempfile::tempdir().unwrap();
         let certs = cluster::Certs::generate(&dir.path().join("certs"));
         let store = Arc::new(CertStore::load(&certs.cert(), &certs.key()).unwrap());
-        let entries = vec![RegistryEntry::new(
-            "yandex",
-            "yc-registry-secret",
-            vec![
-                HostPattern::parse("cr.yandex").unwrap(),
-                HostPattern::parse("registry.yandexcloud.net").unwrap(),
-            ],
-        )];
-        let admission = Admission::new(
-            Registries::new(entries),
-            "pullsecret-injector.io/skip".into(),
-            Metrics::new(),
-        );
+        let admission = common::admission::admission(&Metrics::new());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let task = tokio::spawn(server::serve_tls(
             listener,
             store.server_config().unwrap(),
-            server::webhook_router(Arc::new(admission)),
+            server::webhook_router(admission),
             limits,
             std::future::pending(),
         ));

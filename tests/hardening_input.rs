@@ -8,7 +8,8 @@
 //! object and `containers` as a string (src/admission.rs), 9 MiB (tests/webhook_router.rs,
 //! and over real TLS in tests/hardening_http.rs).
 
-use std::sync::Arc;
+mod common;
+
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -16,32 +17,11 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use base64::Engine;
 use http_body_util::BodyExt;
-use pullsecret_injector::admission::Admission;
 use pullsecret_injector::metrics::Metrics;
-use pullsecret_injector::registry::{HostPattern, Registries, RegistryEntry};
-use pullsecret_injector::server::webhook_router;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
 const UID: &str = "b6f1c0de-0000-4000-8000-000000000001";
-
-fn router() -> (Router, Metrics) {
-    let metrics = Metrics::new();
-    let entries = vec![RegistryEntry::new(
-        "yandex",
-        "yc-registry-secret",
-        vec![
-            HostPattern::parse("cr.yandex").unwrap(),
-            HostPattern::parse("registry.yandexcloud.net").unwrap(),
-        ],
-    )];
-    let admission = Admission::new(
-        Registries::new(entries),
-        "pullsecret-injector.io/skip".into(),
-        metrics.clone(),
-    );
-    (webhook_router(Arc::new(admission)), metrics)
-}
 
 async fn post(router: &Router, body: impl Into<Body>) -> (StatusCode, Vec<u8>) {
     let req = Request::post("/mutate")
@@ -130,7 +110,7 @@ fn counted(metrics: &Metrics, outcome: &str) -> u64 {
 
 #[tokio::test]
 async fn unknown_fields_at_every_level_are_ignored_and_the_pod_is_still_injected() {
-    let (router, _) = router();
+    let (router, _) = common::admission::router();
     let mut v = review(pod("cr.yandex/crp1/app:1"));
     v["futureField"] = json!({"a": [1, 2, {"b": null}]});
     v["request"]["futureField"] = json!("x");
@@ -148,7 +128,7 @@ async fn unknown_fields_at_every_level_are_ignored_and_the_pod_is_still_injected
 
 #[tokio::test]
 async fn envelope_fields_of_the_wrong_type_are_400() {
-    let (router, metrics) = router();
+    let (router, metrics) = common::admission::router();
     let base = review(pod("nginx"));
     let cases: Vec<(Value, &str)> = vec![
         (
@@ -258,7 +238,7 @@ async fn envelope_fields_of_the_wrong_type_are_400() {
 
 #[tokio::test]
 async fn objects_that_are_not_pods_are_allowed_unchanged_with_the_uid() {
-    let (router, metrics) = router();
+    let (router, metrics) = common::admission::router();
     let objects = [
         json!("a string"),
         json!(42),
@@ -307,7 +287,7 @@ async fn objects_that_are_not_pods_are_allowed_unchanged_with_the_uid() {
 
 #[tokio::test]
 async fn duplicate_keys_in_the_envelope_are_400_and_in_the_pod_allow_unchanged() {
-    let (router, _) = router();
+    let (router, _) = common::admission::router();
     let pod = r#"{"metadata":{"name":"p"},"spec":{"containers":[{"image":"cr.yandex/crp1/app"}]}}"#;
     let env = |request: &str| {
         format!(
@@ -375,7 +355,7 @@ fn nested(depth: usize, array: bool) -> String {
 
 #[tokio::test]
 async fn nesting_100000_levels_deep_anywhere_is_answered_without_stack_overflow() {
-    let (router, _) = router();
+    let (router, _) = common::admission::router();
     const DEPTH: usize = 100_000;
     let uid = format!(r#""uid":"{UID}""#);
     let pod_create =
@@ -451,7 +431,7 @@ async fn nesting_is_also_safe_on_a_small_thread_stack() {
     let body = format!(
         r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{{"uid":"{UID}","resource":{{"group":"","version":"v1","resource":"pods"}},"operation":"CREATE","object":{{"x":{deep},"spec":{{"containers":[{{"image":"cr.yandex/crp1/app"}}]}}}}}}}}"#
     );
-    let (router, _) = router();
+    let (router, _) = common::admission::router();
     let handle = std::thread::Builder::new()
         .stack_size(256 * 1024)
         .spawn(move || {
@@ -481,7 +461,7 @@ async fn within<T>(bound: Duration, what: &str, f: impl std::future::Future<Outp
 
 #[tokio::test]
 async fn huge_strings_are_linear_and_allowed_unchanged() {
-    let (router, metrics) = router();
+    let (router, metrics) = common::admission::router();
     let five_mib = 5 * 1024 * 1024;
     let bound = Duration::from_secs(5);
     // A 5 MiB image from a configured registry: not a valid reference (over 255
@@ -538,7 +518,7 @@ async fn huge_strings_are_linear_and_allowed_unchanged() {
 
 #[tokio::test]
 async fn many_images_and_many_existing_pull_secrets_are_not_quadratic() {
-    let (router, _) = router();
+    let (router, _) = common::admission::router();
     // ~7 MiB: 150,000 containers pulling from a configured registry and 250,000 existing
     // pull secrets, none of them ours. Checking each image against each existing entry
     // would be 3.75e10 comparisons.
@@ -564,7 +544,7 @@ async fn many_images_and_many_existing_pull_secrets_are_not_quadratic() {
 
 #[tokio::test]
 async fn invalid_utf8_is_400_where_it_is_read_and_skipped_where_it_is_not() {
-    let (router, _) = router();
+    let (router, _) = common::admission::router();
     let body = |uid: &[u8], image: &[u8], ignored: &[u8]| {
         let mut b =
             br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":""#

@@ -1,39 +1,17 @@
 //! The webhook router in process: a real AdmissionReview captured from kube-apiserver
 //! v1.37 (tests/fixtures), and the HTTP answers to bodies and requests that are not reviews.
 
-use std::sync::Arc;
+mod common;
 
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use base64::Engine;
 use http_body_util::BodyExt;
-use pullsecret_injector::admission::Admission;
-use pullsecret_injector::metrics::Metrics;
-use pullsecret_injector::registry::{HostPattern, Registries, RegistryEntry};
-use pullsecret_injector::server::webhook_router;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
 const FIXTURE: &str = include_str!("fixtures/admission-review-pod-create.json");
-
-fn router() -> (Router, Metrics) {
-    let metrics = Metrics::new();
-    let entries = vec![RegistryEntry::new(
-        "yandex",
-        "yc-registry-secret",
-        vec![
-            HostPattern::parse("cr.yandex").unwrap(),
-            HostPattern::parse("registry.yandexcloud.net").unwrap(),
-        ],
-    )];
-    let admission = Admission::new(
-        Registries::new(entries),
-        "pullsecret-injector.io/skip".into(),
-        metrics.clone(),
-    );
-    (webhook_router(Arc::new(admission)), metrics)
-}
 
 async fn send(
     router: &Router,
@@ -75,7 +53,7 @@ async fn post(router: &Router, body: impl Into<Body>) -> (StatusCode, Vec<u8>) {
 
 #[tokio::test]
 async fn captured_review_from_the_api_server_gets_the_documented_patch() {
-    let (router, metrics) = router();
+    let (router, metrics) = common::admission::router();
     let fixture: Value = serde_json::from_str(FIXTURE).unwrap();
     let (status, body) = post(&router, FIXTURE).await;
     assert_eq!(status, StatusCode::OK);
@@ -111,7 +89,7 @@ async fn captured_review_from_the_api_server_gets_the_documented_patch() {
 
 #[tokio::test]
 async fn not_a_review_is_400_with_one_line_and_the_server_keeps_serving() {
-    let (router, metrics) = router();
+    let (router, metrics) = common::admission::router();
     for body in [
         &b""[..],
         b"not json",
@@ -141,7 +119,7 @@ async fn not_a_review_is_400_with_one_line_and_the_server_keeps_serving() {
 
 #[tokio::test]
 async fn body_over_8_mib_is_413() {
-    let (router, _) = router();
+    let (router, _) = common::admission::router();
     let mut big = serde_json::to_vec(&json!({"apiVersion": "admission.k8s.io/v1"})).unwrap();
     big.resize(9 * 1024 * 1024, b' ');
     let (status, _) = post(&router, big).await;
@@ -155,7 +133,7 @@ async fn body_over_8_mib_is_413() {
 
 #[tokio::test]
 async fn wrong_method_path_and_content_type_are_refused() {
-    let (router, _) = router();
+    let (router, _) = common::admission::router();
     let (s, _) = send(&router, Method::GET, "/mutate", None, Body::empty()).await;
     assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
     let (s, _) = send(

@@ -8,10 +8,9 @@
 //! or hanging. Keys are generated at test time with the `openssl` CLI.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -32,29 +31,12 @@ pub const IAM_AUDIENCE: &str = "https://iam.api.cloud.yandex.net/iam/v1/tokens";
 /// The path the stand-in serves, as the real one.
 pub const IAM_PATH: &str = "/iam/v1/tokens";
 
+// The one test-key generator, shared with the library's unit tests.
+#[path = "../../src/credentials/test_keys.rs"]
+mod rsa_keys;
+
 /// Run the `openssl` CLI with `stdin`, returning stdout; panics with stderr on failure.
-pub fn openssl(args: &[&str], stdin: &[u8]) -> Vec<u8> {
-    let mut child = Command::new("openssl")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the openssl CLI is installed");
-    child
-        .stdin
-        .take()
-        .expect("stdin is piped")
-        .write_all(stdin)
-        .expect("writing to openssl");
-    let out = child.wait_with_output().expect("openssl runs");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
+pub(crate) use rsa_keys::openssl;
 
 fn yc_id(prefix: &str) -> String {
     let mut id = prefix.to_string();
@@ -84,25 +66,14 @@ pub struct TestKey {
 impl TestKey {
     /// A fresh RSA key with fresh ids.
     pub fn generate(bits: usize) -> Self {
-        let bits_opt = format!("rsa_keygen_bits:{bits}");
-        let pem = String::from_utf8(openssl(
-            &["genpkey", "-algorithm", "RSA", "-pkeyopt", &bits_opt],
-            b"",
-        ))
-        .expect("PEM is text");
-        let public_pkcs1_der = openssl(
-            &["rsa", "-RSAPublicKey_out", "-outform", "DER"],
-            pem.as_bytes(),
-        );
-        let public_spki_pem =
-            String::from_utf8(openssl(&["pkey", "-pubout"], pem.as_bytes())).expect("text");
+        let key = rsa_keys::TestKey::rsa(bits);
         Self {
             id: yc_id("aje"),
             service_account_id: yc_id("ajs"),
             bits,
-            private_pkcs8_pem: pem,
-            public_pkcs1_der,
-            public_spki_pem,
+            private_pkcs8_pem: key.private_pkcs8_pem,
+            public_pkcs1_der: key.public_pkcs1_der,
+            public_spki_pem: key.public_spki_pem,
         }
     }
 
@@ -126,23 +97,14 @@ impl TestKey {
     /// The key file JSON with this key's ids but another private key (a mismatch the
     /// service must reject).
     pub fn key_file_json_with_private_key(&self, private_pem: &str, prefix: bool) -> String {
-        let private_key = if prefix {
-            format!(
-                "PLEASE DO NOT REMOVE THIS LINE! Yandex.Cloud SA Key ID <{}>\n{private_pem}",
-                self.id
-            )
-        } else {
-            private_pem.to_string()
+        let key = rsa_keys::TestKey {
+            bits: self.bits,
+            private_pkcs8_pem: private_pem.to_string(),
+            private_pkcs1_pem: String::new(),
+            public_pkcs1_der: self.public_pkcs1_der.clone(),
+            public_spki_pem: self.public_spki_pem.clone(),
         };
-        serde_json::to_string_pretty(&json!({
-            "id": self.id,
-            "service_account_id": self.service_account_id,
-            "created_at": "2025-02-11T09:30:12.071263817Z",
-            "key_algorithm": format!("RSA_{}", self.bits),
-            "public_key": self.public_spki_pem,
-            "private_key": private_key,
-        }))
-        .expect("JSON")
+        rsa_keys::key_file_json(&key, &self.id, &self.service_account_id, prefix)
     }
 
     /// Write the key file into `dir` as `key.json`; returns its path.

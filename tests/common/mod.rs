@@ -2,5 +2,6 @@
 //! says `mod common;`; a file using only some of them must not warn about the rest.
 #![allow(dead_code)]
 
+pub mod admission;
 pub mod iam;
 pub mod metadata;
