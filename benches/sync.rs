@@ -18,6 +18,8 @@
 mod cluster;
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "../tests/fixture/mod.rs"]
+mod fixture;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -249,8 +251,14 @@ async fn run(
 ) -> Report {
     let id = cluster::unique(&format!("b{}w{}", s.namespaces, s.writes_per_second));
     let release_ns = format!("{id}-sys");
-    let kubeconfig =
-        cluster::chart_service_account(client, dir, &format!("r{id}"), &release_ns).await;
+    let kubeconfig = cluster::chart_service_account(
+        &cluster::ControlPlane::shared(),
+        client,
+        dir,
+        &format!("r{id}"),
+        &release_ns,
+    )
+    .await;
     let iam = IamStandIn::start().await;
     iam.register(key);
     // The first token lives 2 R: it is refreshed at R (half its life, +-10 % jitter), after
@@ -260,13 +268,17 @@ async fn run(
     iam.set_lifetime(Duration::from_secs_f64(2.0 * r));
     iam.set_token(FIRST_TOKEN);
 
-    let registries = format!(
-        "sync:\n  refreshInterval: 1h\n  maxWritesPerSecond: {rate}\n  instance: {id}\n  leaderElection: {{ leaseName: lease-{id} }}\nregistries:\n  - name: yandex\n    hosts: [\"cr.yandex\", \"registry.yandexcloud.net\"]\n    secretName: {SECRET}\n    credentials:\n      yandexAuthorizedKey: {{ file: {key}, endpoint: {endpoint:?} }}\n",
-        rate = s.writes_per_second,
-        key = key_file.display(),
-        endpoint = iam.endpoint(),
-    );
     let selector = format!("{LABEL}={id}");
+    let mut config = fixture::config(vec![fixture::registry(
+        "yandex",
+        &fixture::YANDEX_HOSTS,
+        SECRET,
+        fixture::authorized_key(key_file, &iam.endpoint()),
+    )]);
+    config.namespace_selector = selector;
+    config.sync.max_writes_per_second = s.writes_per_second;
+    config.sync.instance = id.clone();
+    config.sync.leader_election.lease_name = format!("lease-{id}");
     let seen = Arc::new(Mutex::new(Seen::default()));
     let watch = watch_secrets(
         client.clone(),
@@ -278,8 +290,7 @@ async fn run(
     let injector = Injector::start(
         dir,
         certs,
-        &selector,
-        &registries,
+        config,
         &["--no-webhook"],
         &[
             ("KUBECONFIG", kubeconfig.to_str().expect("UTF-8 path")),

@@ -14,6 +14,7 @@
 
 mod cluster;
 mod common;
+mod fixture;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -23,59 +24,24 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use cluster::{Certs, Injector};
-use common::iam::{IamStandIn, Mode, TestKey};
+use common::iam::{Mode, TestKey};
+use fixture::{Release, SECRET};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Client, Config};
+use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
 
 const LABEL: &str = "pullsecret-injector.io/e2e-faults";
-const SECRET: &str = "yc-registry-secret";
 const EXPIRES_AT: &str = "pullsecret-injector.io/expires-at";
 
 // ---------------------------------------------------------------------------------------
 // Control planes
 
-/// Where a control plane is: the shared one (`PSI_TEST_*`) or one a test started itself.
-struct ControlPlane {
-    kubeconfig: PathBuf,
-    server: String,
-    ca: PathBuf,
-}
-
-impl ControlPlane {
-    fn shared() -> Self {
-        Self {
-            kubeconfig: cluster::kubeconfig_path(),
-            server: std::env::var("PSI_TEST_APISERVER").expect("PSI_TEST_APISERVER"),
-            ca: std::env::var("PSI_TEST_CA_FILE")
-                .expect("PSI_TEST_CA_FILE")
-                .into(),
-        }
-    }
-
-    async fn admin_client(&self) -> Client {
-        let kc = Kubeconfig::read_from(&self.kubeconfig).expect("admin kubeconfig");
-        let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-            .await
-            .expect("admin kubeconfig");
-        Client::try_from(config).expect("kube client")
-    }
-
-    fn kubectl(&self) -> Command {
-        let mut c = Command::new("kubectl");
-        c.env("KUBECONFIG", &self.kubeconfig);
-        c
-    }
-}
-
 /// etcd and kube-apiserver of this test only (`scripts/control-plane.sh start DIR`), for
 /// faults that would break the tests sharing the common one. Stopped when dropped.
 struct OwnControlPlane {
     dir: tempfile::TempDir,
-    cp: ControlPlane,
+    cp: cluster::ControlPlane,
     etcd_url: String,
 }
 
@@ -91,7 +57,7 @@ impl OwnControlPlane {
                 .unwrap_or_else(|| panic!("no {name} in {env}"))
         };
         Self {
-            cp: ControlPlane {
+            cp: cluster::ControlPlane {
                 kubeconfig: get("PSI_TEST_KUBECONFIG").into(),
                 server: get("PSI_TEST_APISERVER"),
                 ca: get("PSI_TEST_CA_FILE").into(),
@@ -176,186 +142,16 @@ fn control_plane_script(command: &str, dir: &Path) {
     );
 }
 
-/// Install the chart's ServiceAccount and RBAC for `release` in `namespace` on `cp` (exactly
-/// what the chart renders) and return a kubeconfig authenticating as that ServiceAccount.
-async fn chart_service_account(
-    cp: &ControlPlane,
-    client: &Client,
-    dir: &Path,
-    release: &str,
-    namespace: &str,
-) -> PathBuf {
-    cluster::create_namespace(client, namespace, &[]).await;
-    let rendered = Command::new(cluster::helm())
-        .args(["template", release])
-        .arg(cluster::repo().join("charts/pullsecret-injector"))
-        .args(["--namespace", namespace])
-        .args(["--show-only", "templates/serviceaccount.yaml"])
-        .args(["--show-only", "templates/rbac.yaml"])
-        .args(["--set", "credentials.existingSecret=unused"])
-        .output()
-        .expect("running helm template");
-    assert!(rendered.status.success(), "helm template: {rendered:?}");
-    let manifests = dir.join(format!("rbac-{release}.yaml"));
-    std::fs::write(&manifests, &rendered.stdout).unwrap();
-    let applied = cp
-        .kubectl()
-        .args(["apply", "-f"])
-        .arg(&manifests)
-        .output()
-        .unwrap();
-    assert!(applied.status.success(), "kubectl apply: {applied:?}");
-    let text = String::from_utf8_lossy(&rendered.stdout);
-    let sa = text
-        .split("\n---")
-        .find(|doc| doc.contains("kind: ServiceAccount"))
-        .and_then(|doc| {
-            doc.lines()
-                .find_map(|l| l.trim().strip_prefix("name: "))
-                .map(|n| n.trim_matches('"').to_string())
-        })
-        .expect("a ServiceAccount in the chart");
-    let token = cp
-        .kubectl()
-        .args(["create", "token", &sa, "-n", namespace, "--duration", "2h"])
-        .output()
-        .unwrap();
-    assert!(token.status.success(), "kubectl create token: {token:?}");
-    let token = String::from_utf8(token.stdout).unwrap().trim().to_string();
-    let path = dir.join(format!("kubeconfig-{release}"));
-    std::fs::write(
-        &path,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: local\n  cluster:\n    server: {}\n    certificate-authority: {}\nusers:\n- name: sa\n  user:\n    token: {token}\ncontexts:\n- name: sa\n  context: {{cluster: local, user: sa, namespace: {namespace}}}\ncurrent-context: sa\n",
-            cp.server,
-            cp.ca.display()
-        ),
-    )
-    .unwrap();
-    path
-}
-
-// ---------------------------------------------------------------------------------------
-// The sync task
-
-struct SyncFixture {
-    client: Client,
-    id: String,
-    dir: tempfile::TempDir,
-    certs: Certs,
-    kubeconfig: PathBuf,
-    release_ns: String,
-    iam: IamStandIn,
-    key: &'static TestKey,
-    key_file: PathBuf,
-}
-
-impl SyncFixture {
-    async fn new(name: &str, cp: &ControlPlane) -> Self {
-        let client = cp.admin_client().await;
-        let id = cluster::unique(name);
-        let dir = tempfile::tempdir().unwrap();
-        let certs = Certs::generate(&dir.path().join("certs"));
-        let release_ns = format!("{id}-sys");
-        let kubeconfig =
-            chart_service_account(cp, &client, dir.path(), &format!("r{id}"), &release_ns).await;
-        let iam = IamStandIn::start().await;
-        let key = TestKey::shared(2048);
-        iam.register(key);
-        let key_file = key.write_key_file(dir.path(), true);
-        Self {
-            client,
-            id,
-            dir,
-            certs,
-            kubeconfig,
-            release_ns,
-            iam,
-            key,
-            key_file,
-        }
-    }
-
-    /// A sync-only injector as the chart's ServiceAccount, with leader election.
-    fn start(&self, args: &[&str]) -> Injector {
-        let registries = format!(
-            "sync:\n  refreshInterval: 1h\n  maxWritesPerSecond: 50\n  instance: {id}\n  leaderElection: {{ leaseName: lease-{id} }}\nregistries:\n  - name: yandex\n    hosts: [\"cr.yandex\", \"registry.yandexcloud.net\"]\n    secretName: {SECRET}\n    credentials:\n      yandexAuthorizedKey: {{ file: {key}, endpoint: {endpoint:?} }}\n",
-            id = self.id,
-            key = self.key_file.display(),
-            endpoint = self.iam.endpoint(),
-        );
-        let mut all = vec!["--no-webhook"];
-        all.extend_from_slice(args);
-        Injector::start(
-            self.dir.path(),
-            &self.certs,
-            &format!("{LABEL}={}", self.id),
-            &registries,
-            &all,
-            &[
-                ("KUBECONFIG", self.kubeconfig.to_str().unwrap()),
-                ("POD_NAMESPACE", &self.release_ns),
-                ("POD_NAME", "injector"),
-            ],
-        )
-    }
-
-    async fn namespace(&self, suffix: &str, labelled: bool) -> String {
-        let ns = format!("{}-{suffix}", self.id);
-        let labels: &[(&str, &str)] = if labelled { &[(LABEL, &self.id)] } else { &[] };
-        cluster::create_namespace(&self.client, &ns, labels).await;
-        ns
-    }
-
-    async fn set_label(&self, ns: &str, on: bool) {
-        let value = if on { json!(self.id) } else { json!(null) };
-        Api::<Namespace>::all(self.client.clone())
-            .patch(
-                ns,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"metadata": {"labels": {LABEL: value}}})),
-            )
-            .await
-            .unwrap_or_else(|e| panic!("labelling {ns}: {e}"));
-    }
-
-    fn secrets(&self, ns: &str) -> Api<Secret> {
-        Api::namespaced(self.client.clone(), ns)
-    }
-
-    async fn secret(&self, ns: &str) -> Option<Secret> {
-        self.secrets(ns).get_opt(SECRET).await.unwrap()
-    }
-
-    async fn wait_for_token(&self, ns: &str, token: &str, timeout: Duration) -> Secret {
-        let api = self.secrets(ns);
-        cluster::poll(
-            &format!("Secret {ns}/{SECRET} with token {token:?}"),
-            timeout,
-            || async {
-                let s = api.get_opt(SECRET).await.ok()??;
-                (password(&s).as_deref() == Some(token)).then_some(s)
-            },
-        )
-        .await
-    }
-
-    async fn wait_gone(&self, ns: &str, timeout: Duration) {
-        let api = self.secrets(ns);
-        cluster::poll(
-            &format!("Secret {ns}/{SECRET} to be deleted"),
-            timeout,
-            || async { api.get_opt(SECRET).await.ok()?.is_none().then_some(()) },
-        )
-        .await;
-    }
+/// A sync-only injector of release `fx`, with leader election, and `args`.
+fn start(fx: &Release, args: &[&str]) -> Injector {
+    let mut all = vec!["--no-webhook"];
+    all.extend_from_slice(args);
+    fx.start(fx.config(), &all)
 }
 
 /// The password the Secret holds for `cr.yandex`.
 fn password(s: &Secret) -> Option<String> {
-    let data = s.data.as_ref()?.get(".dockerconfigjson")?;
-    let config = pullsecret_injector::dockerconfig::parse(&data.0).ok()?;
-    Some(config.auths.get("cr.yandex")?.password.clone())
+    fixture::password(s, "cr.yandex")
 }
 
 fn expires_at(s: &Secret) -> String {
@@ -454,13 +250,13 @@ fn replace_file(path: &Path, content: &[u8]) {
 #[tokio::test]
 #[ignore = "needs the local control plane: run scripts/test.sh"]
 async fn iam_failing_every_way_keeps_the_last_good_token_counts_logs_and_recovers_by_itself() {
-    let fx = SyncFixture::new("iam", &ControlPlane::shared()).await;
+    let fx = Release::new("iam", LABEL).await;
     // Tokens live 8 s, so a refresh is due after about 4 s and the last good one expires
     // during the outage.
     fx.iam.set_lifetime(Duration::from_secs(8));
     fx.iam.set_token("t1.good");
     let ns = fx.namespace("a", true).await;
-    let injector = fx.start(&[]);
+    let injector = start(&fx, &[]);
     let good = fx
         .wait_for_token(&ns, "t1.good", Duration::from_secs(20))
         .await;
@@ -558,10 +354,10 @@ async fn iam_failing_every_way_keeps_the_last_good_token_counts_logs_and_recover
 #[tokio::test]
 #[ignore = "needs the local control plane: run scripts/test.sh"]
 async fn broken_key_file_keeps_the_last_good_credential_and_fixing_it_recovers() {
-    let fx = SyncFixture::new("keyfile", &ControlPlane::shared()).await;
+    let fx = Release::new("keyfile", LABEL).await;
     fx.iam.set_token("t1.from-the-good-key");
     let ns = fx.namespace("a", true).await;
-    let injector = fx.start(&["--credential-file-check-interval", "200ms"]);
+    let injector = start(&fx, &["--credential-file-check-interval", "200ms"]);
     fx.wait_for_token(&ns, "t1.from-the-good-key", Duration::from_secs(20))
         .await;
     let good = std::fs::read(&fx.key_file).unwrap();
@@ -622,12 +418,12 @@ async fn broken_key_file_keeps_the_last_good_credential_and_fixing_it_recovers()
 async fn api_server_restart_with_compacted_etcd_resumes_the_watches_and_converges_without_extra_writes()
  {
     let own = OwnControlPlane::start();
-    let fx = SyncFixture::new("restart", &own.cp).await;
+    let fx = Release::on(&own.cp, "restart", LABEL).await;
     let keep = fx.namespace("keep", true).await;
     let unlabel = fx.namespace("unlabel", true).await;
     let label = fx.namespace("label", false).await;
     let repair = fx.namespace("repair", true).await;
-    let mut injector = fx.start(&[]);
+    let mut injector = start(&fx, &[]);
     for ns in [&keep, &unlabel, &repair] {
         fx.wait_for_token(ns, "t1.stand-in-token-1", Duration::from_secs(20))
             .await;
@@ -655,7 +451,8 @@ async fn api_server_restart_with_compacted_etcd_resumes_the_watches_and_converge
     // The watches reconnect with kube-runtime's backoff (client-go's: 0.8 s doubling to
     // 30 s), which grew during the outage: convergence may take up to about a minute.
     let t1 = Instant::now();
-    fx.wait_gone(&unlabel, Duration::from_secs(90)).await;
+    fx.wait_gone(&unlabel, SECRET, Duration::from_secs(90))
+        .await;
     fx.wait_for_token(&label, "t1.stand-in-token-1", Duration::from_secs(90))
         .await;
     fx.wait_for_token(&repair, "t1.stand-in-token-1", Duration::from_secs(90))
@@ -701,8 +498,8 @@ async fn api_server_restart_with_compacted_etcd_resumes_the_watches_and_converge
 #[tokio::test]
 #[ignore = "needs the local control plane: run scripts/test.sh"]
 async fn flapping_label_and_namespaces_deleted_mid_write_settle_without_an_error_loop() {
-    let fx = SyncFixture::new("flap", &ControlPlane::shared()).await;
-    let injector = fx.start(&[]);
+    let fx = Release::new("flap", LABEL).await;
+    let injector = start(&fx, &[]);
     let on = fx.namespace("on", false).await;
     let off = fx.namespace("off", false).await;
     let before = writes(&injector);
@@ -739,9 +536,9 @@ async fn flapping_label_and_namespaces_deleted_mid_write_settle_without_an_error
 
     fx.wait_for_token(&on, "t1.stand-in-token-1", Duration::from_secs(30))
         .await;
-    fx.wait_gone(&off, Duration::from_secs(30)).await;
+    fx.wait_gone(&off, SECRET, Duration::from_secs(30)).await;
     for ns in &doomed {
-        fx.wait_gone(ns, Duration::from_secs(60)).await;
+        fx.wait_gone(ns, SECRET, Duration::from_secs(60)).await;
         let n = namespaces.get(ns).await.unwrap();
         assert!(
             n.metadata.deletion_timestamp.is_some(),
@@ -866,27 +663,27 @@ async fn certificate_rotation_under_load_fails_no_handshake() {
         .collect();
     let mut volume = SecretVolume::new(&dir.path().join("tls"));
     volume.publish(&pairs[0]);
-    let config = dir.path().join("config.yaml");
-    let (webhook_port, admin_port) = (cluster::free_port(), cluster::free_port());
     let password = dir.path().join("password");
     std::fs::write(&password, "p\n").unwrap();
-    std::fs::write(
-        &config,
-        format!(
-            "webhook:\n  listen: \"127.0.0.1:{webhook_port}\"\n  tlsCertFile: {0}/tls.crt\n  tlsKeyFile: {0}/tls.key\nadmin:\n  listen: \"127.0.0.1:{admin_port}\"\nregistries:\n  - name: yandex\n    hosts: [\"cr.yandex\"]\n    secretName: {SECRET}\n    credentials:\n      basic: {{ username: iam, passwordFile: {1} }}\n",
-            volume.dir.display(),
-            password.display()
-        ),
-    )
-    .unwrap();
-    let injector = Injector::start_with_config(
+    let config = fixture::config(vec![fixture::registry(
+        "yandex",
+        &["cr.yandex"],
+        SECRET,
+        fixture::basic("iam", &password),
+    )]);
+    // Served from the Secret volume's symlinks.
+    let served = Certs {
+        dir: volume.dir.clone(),
+        ca_pem: pairs[0].ca_pem.clone(),
+    };
+    let injector = Injector::start(
         dir.path(),
-        &config,
-        webhook_port,
-        admin_port,
+        &served,
+        config,
         &["--no-sync", "--tls-reload-interval", "50ms"],
         &[],
     );
+    let webhook_port = injector.webhook_port;
     let mut roots = rustls::RootCertStore::empty();
     for p in &pairs {
         for c in CertificateDer::pem_slice_iter(&p.ca_pem) {
@@ -1024,12 +821,15 @@ async fn webhook_replaced_under_load_admits_no_pod_without_its_secret() {
     let password = dir.path().join("password");
     std::fs::write(&password, "p\n").unwrap();
     let selector = format!("{LABEL}={id}");
-    let registries = format!(
-        "registries:\n  - name: yandex\n    hosts: [\"cr.yandex\"]\n    secretName: {SECRET}\n    credentials:\n      basic: {{ username: iam, passwordFile: {} }}\n",
-        password.display()
-    );
+    let mut config = fixture::config(vec![fixture::registry(
+        "yandex",
+        &["cr.yandex"],
+        SECRET,
+        fixture::basic("iam", &password),
+    )]);
+    config.namespace_selector = selector.clone();
     let args = ["--no-sync", "--shutdown-delay", "3s"];
-    let old = Injector::start(dir.path(), &certs, &selector, &registries, &args, &[]);
+    let old = Injector::start(dir.path(), &certs, config.clone(), &args, &[]);
     let webhook = format!("psi-{id}");
     cluster::register_webhook(&client, &webhook, &old.url(), &certs.ca_pem, &selector).await;
     let ns = format!("{id}-a");
@@ -1073,13 +873,13 @@ async fn webhook_replaced_under_load_admits_no_pod_without_its_secret() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let new = {
         let (dir, certs_dir) = (dir.path().to_path_buf(), certs.dir.clone());
-        let (selector, registries) = (selector.clone(), registries.clone());
+        let config = config.clone();
         tokio::task::spawn_blocking(move || {
             let certs = Certs {
                 ca_pem: std::fs::read(certs_dir.join("ca.crt")).unwrap(),
                 dir: certs_dir,
             };
-            Injector::start(&dir, &certs, &selector, &registries, &args, &[])
+            Injector::start(&dir, &certs, config, &args, &[])
         })
         .await
         .unwrap()

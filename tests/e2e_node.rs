@@ -15,39 +15,38 @@
 
 mod cluster;
 mod common;
+mod fixture;
 mod node;
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use cluster::{Certs, Injector};
-use common::iam::{IamStandIn, Mode, TestKey};
+use cluster::Injector;
+use common::iam::{Mode, TestKey};
+use fixture::{RegistryConfig, Release, SECRET, YANDEX_HOSTS};
 use k8s_openapi::api::core::v1::{Pod, Secret};
-use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use node::{Node, report};
 
 const LABEL: &str = "pullsecret-injector.io/e2e-node";
-const SECRET: &str = "yc-registry-secret";
-const YANDEX_HOSTS: [&str; 2] = ["cr.yandex", "registry.yandexcloud.net"];
 /// Pull, unpack and start of a 1 MB image on loopback take well under a second; kubelet's
 /// image pull back-off adds 10 s, then 20 s, ... after each failure.
 const RUNNING: Duration = Duration::from_secs(60);
 
+/// A release of this test plus the node, its webhook registration and its timing.
 struct Fixture {
-    client: Client,
+    release: Release,
     node: Node,
-    id: String,
-    dir: tempfile::TempDir,
-    certs: Certs,
-    kubeconfig: PathBuf,
-    release_ns: String,
-    iam: IamStandIn,
-    key_file: PathBuf,
     webhook: String,
     started: Instant,
     name: &'static str,
     _exclusive: tokio::sync::MutexGuard<'static, ()>,
+}
+
+impl std::ops::Deref for Fixture {
+    type Target = Release;
+    fn deref(&self) -> &Release {
+        &self.release
+    }
 }
 
 impl Fixture {
@@ -56,67 +55,25 @@ impl Fixture {
         let node = Node::from_env();
         let exclusive = node::exclusive().await;
         let started = Instant::now();
-        let client = cluster::admin_client().await;
-        let id = cluster::unique(name);
-        let dir = tempfile::tempdir().unwrap();
-        let certs = Certs::generate(&dir.path().join("certs"));
-        let release_ns = format!("{id}-sys");
-        let kubeconfig =
-            cluster::chart_service_account(&client, dir.path(), &format!("r{id}"), &release_ns)
-                .await;
-        let iam = IamStandIn::start().await;
-        let key = TestKey::shared(2048);
-        iam.register(key);
-        let key_file = key.write_key_file(dir.path(), true);
+        let release = Release::new(name, LABEL).await;
         Self {
-            client,
             node,
-            webhook: format!("psi-node-{id}"),
-            id,
-            dir,
-            certs,
-            kubeconfig,
-            release_ns,
-            iam,
-            key_file,
+            webhook: format!("psi-node-{}", release.id),
+            release,
             started,
             name,
             _exclusive: exclusive,
         }
     }
 
-    fn selector(&self) -> String {
-        format!("{LABEL}={}", self.id)
-    }
-
-    /// IAM tokens from the stand-in for both Yandex hosts (the default setup).
-    fn iam_registry(&self, hosts: &[&str]) -> String {
-        format!(
-            "    hosts: {hosts:?}\n    credentials:\n      yandexAuthorizedKey: {{ file: {key}, endpoint: {endpoint:?} }}\n",
-            key = self.key_file.display(),
-            endpoint = self.iam.endpoint(),
-        )
-    }
-
     /// Start the injector, webhook and sync task together, as the chart's ServiceAccount, and
     /// register its webhook by URL; returns once the API server calls it.
-    async fn start(&self, refresh_interval: &str, registry: &str) -> Injector {
-        let config = format!(
-            "sync:\n  refreshInterval: {refresh_interval}\n  maxWritesPerSecond: 50\n  instance: {id}\n  leaderElection: {{ leaseName: lease-{id} }}\nregistries:\n  - name: yandex\n    secretName: {SECRET}\n{registry}",
-            id = self.id,
-        );
-        let injector = Injector::start(
-            self.dir.path(),
-            &self.certs,
-            &self.selector(),
-            &config,
-            &[],
-            &[
-                ("KUBECONFIG", self.kubeconfig.to_str().unwrap()),
-                ("POD_NAMESPACE", &self.release_ns),
-                ("POD_NAME", "injector"),
-            ],
-        );
+    async fn start(&self, refresh_interval: &str, registry: RegistryConfig) -> Injector {
+        let mut config = self.config();
+        config.sync.refresh_interval =
+            humantime::parse_duration(refresh_interval).expect("a duration");
+        config.registries = vec![registry];
+        let injector = self.release.start(config, &[]);
         cluster::register_webhook(
             &self.client,
             &self.webhook,
@@ -146,13 +103,6 @@ impl Fixture {
         injector
     }
 
-    async fn namespace(&self, suffix: &str, labelled: bool) -> String {
-        let ns = format!("{}-{suffix}", self.id);
-        let labels: &[(&str, &str)] = if labelled { &[(LABEL, &self.id)] } else { &[] };
-        cluster::create_namespace(&self.client, &ns, labels).await;
-        ns
-    }
-
     /// Create a Pod running the test image from `host`; returns the Pod as stored.
     async fn create_pod(&self, ns: &str, name: &str, host: &str) -> Pod {
         let pod = node::pod(&self.node, name, &self.node.image(host));
@@ -164,10 +114,6 @@ impl Fixture {
 
     async fn running(&self, ns: &str, name: &str) -> Duration {
         node::wait_running(&self.client, &self.node, ns, name, RUNNING).await
-    }
-
-    fn secrets(&self, ns: &str) -> Api<Secret> {
-        Api::namespaced(self.client.clone(), ns)
     }
 
     /// Wait until the managed Secret in `ns` holds `password` for cr.yandex.
@@ -263,7 +209,7 @@ async fn pods_from_both_yandex_hosts_pull_with_the_injected_secret_and_run() {
     let token = format!("t1.{}", fx.id);
     fx.node.accept_only(&[("iam", &token)]).await;
     fx.iam.set_token(&token);
-    let _injector = fx.start("1h", &fx.iam_registry(&YANDEX_HOSTS)).await;
+    let _injector = fx.start("1h", fx.iam_registry(&YANDEX_HOSTS)).await;
 
     let t0 = Instant::now();
     let ns = fx.namespace("a", true).await;
@@ -299,7 +245,7 @@ async fn pod_in_an_unlabelled_namespace_gets_no_secret_and_cannot_pull() {
     let token = format!("t1.{}", fx.id);
     fx.node.accept_only(&[("iam", &token)]).await;
     fx.iam.set_token(&token);
-    let _injector = fx.start("1h", &fx.iam_registry(&YANDEX_HOSTS)).await;
+    let _injector = fx.start("1h", fx.iam_registry(&YANDEX_HOSTS)).await;
 
     let ns = fx.namespace("plain", false).await;
     let created = fx.create_pod(&ns, "app", YANDEX_HOSTS[0]).await;
@@ -327,7 +273,7 @@ async fn after_a_token_rotation_new_pods_pull_with_the_new_token() {
     fx.iam.set_lifetime(Duration::from_secs(16));
     fx.iam.set_token(&old);
     fx.node.accept_only(&[("iam", &old)]).await;
-    let _injector = fx.start("1h", &fx.iam_registry(&YANDEX_HOSTS)).await;
+    let _injector = fx.start("1h", fx.iam_registry(&YANDEX_HOSTS)).await;
     let ns = fx.namespace("a", true).await;
     fx.wait_for_password(&ns, &old, Duration::from_secs(20))
         .await;
@@ -359,7 +305,7 @@ async fn pod_created_the_instant_its_namespace_is_labelled_runs() {
     let token = format!("t1.{}", fx.id);
     fx.node.accept_only(&[("iam", &token)]).await;
     fx.iam.set_token(&token);
-    let _injector = fx.start("1h", &fx.iam_registry(&YANDEX_HOSTS)).await;
+    let _injector = fx.start("1h", fx.iam_registry(&YANDEX_HOSTS)).await;
 
     let t0 = Instant::now();
     let ns = fx.namespace("a", true).await;
@@ -386,7 +332,7 @@ async fn pod_created_before_its_secret_exists_runs_on_kubelets_retry() {
     // No credential yet: the namespace is labelled and the Pod created before any Secret can
     // exist; kubelet pulls without it and fails.
     fx.iam.set_mode(Mode::internal());
-    let _injector = fx.start("1h", &fx.iam_registry(&YANDEX_HOSTS)).await;
+    let _injector = fx.start("1h", fx.iam_registry(&YANDEX_HOSTS)).await;
 
     let t0 = Instant::now();
     let ns = fx.namespace("a", true).await;
@@ -426,7 +372,7 @@ async fn iam_outage_longer_than_a_refresh_interval_does_not_stop_new_pods() {
     fx.iam.set_token(&token);
     // The shortest refresh interval; the token itself lives 12 hours.
     let refresh = Duration::from_secs(10);
-    let injector = fx.start("10s", &fx.iam_registry(&YANDEX_HOSTS)).await;
+    let injector = fx.start("10s", fx.iam_registry(&YANDEX_HOSTS)).await;
     let a = fx.namespace("a", true).await;
     fx.wait_for_password(&a, &token, Duration::from_secs(20))
         .await;
@@ -487,11 +433,13 @@ async fn static_json_key_pulls_as_user_json_key() {
     std::fs::write(&key_file, &key_text).unwrap();
     fx.node.accept_only(&[("json_key", &key_text)]).await;
     assert_eq!(fx.node.registry_status("json_key", "{}"), 401);
-    let registry = format!(
-        "    hosts: [\"cr.yandex\"]\n    credentials:\n      yandexJsonKey: {{ file: {} }}\n",
-        key_file.display()
+    let registry = fixture::registry(
+        "yandex",
+        &["cr.yandex"],
+        SECRET,
+        fixture::json_key(&key_file),
     );
-    let _injector = fx.start("1h", &registry).await;
+    let _injector = fx.start("1h", registry).await;
 
     let ns = fx.namespace("a", true).await;
     let s = fx
@@ -526,7 +474,7 @@ async fn skopeo_pulls_with_the_synced_secret_and_is_refused_with_a_wrong_token()
     // skopeo looks credentials up by the host it talks to: add the registry's own address to
     // the Yandex hosts, so the Secret carries the same entry for it.
     let hosts = [YANDEX_HOSTS[0], YANDEX_HOSTS[1], fx.node.registry.as_str()];
-    let _injector = fx.start("1h", &fx.iam_registry(&hosts)).await;
+    let _injector = fx.start("1h", fx.iam_registry(&hosts)).await;
     let ns = fx.namespace("a", true).await;
     let s = fx
         .wait_for_password(&ns, &token, Duration::from_secs(20))

@@ -7,148 +7,32 @@
 
 mod cluster;
 mod common;
+mod fixture;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use cluster::{Certs, Injector};
-use common::iam::{IamStandIn, Mode, TestKey};
+use cluster::Injector;
+use common::iam::Mode;
+use fixture::{Release, SECRET, password};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
-use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 const LABEL: &str = "pullsecret-injector.io/e2e-sync";
-const SECRET: &str = "yc-registry-secret";
 
-struct Fixture {
-    client: Client,
-    id: String,
-    dir: tempfile::TempDir,
-    certs: Certs,
-    kubeconfig: PathBuf,
-    release_ns: String,
-    iam: IamStandIn,
-    key_file: PathBuf,
+/// A sync-only injector of release `fx`.
+fn start(fx: &Release) -> Injector {
+    fx.start(fx.config(), &["--no-webhook"])
 }
 
-impl Fixture {
-    async fn new(name: &str) -> Self {
-        let client = cluster::admin_client().await;
-        let id = cluster::unique(name);
-        let dir = tempfile::tempdir().unwrap();
-        let certs = Certs::generate(&dir.path().join("certs"));
-        let release_ns = format!("{id}-sys");
-        let kubeconfig =
-            cluster::chart_service_account(&client, dir.path(), &format!("r{id}"), &release_ns)
-                .await;
-        let iam = IamStandIn::start().await;
-        let key = TestKey::shared(2048);
-        iam.register(key);
-        let key_file = key.write_key_file(dir.path(), true);
-        Self {
-            client,
-            id,
-            dir,
-            certs,
-            kubeconfig,
-            release_ns,
-            iam,
-            key_file,
-        }
-    }
-
-    fn managed_selector(&self) -> String {
-        format!(
-            "app.kubernetes.io/managed-by=pullsecret-injector,pullsecret-injector.io/instance={}",
-            self.id
-        )
-    }
-
-    fn selector(&self) -> String {
-        format!("{LABEL}={}", self.id)
-    }
-
-    /// Start a sync-only injector as the chart's ServiceAccount.
-    fn start(&self, extra_sync: &str) -> Injector {
-        let registries = format!(
-            "sync:\n  refreshInterval: 1h\n  maxWritesPerSecond: 50\n  instance: {id}\n  leaderElection: {{ leaseName: lease-{id} }}\n{extra_sync}registries:\n  - name: yandex\n    hosts: [\"cr.yandex\", \"registry.yandexcloud.net\"]\n    secretName: {SECRET}\n    credentials:\n      yandexAuthorizedKey: {{ file: {key}, endpoint: {endpoint:?} }}\n",
-            id = self.id,
-            key = self.key_file.display(),
-            endpoint = self.iam.endpoint(),
-        );
-        Injector::start(
-            self.dir.path(),
-            &self.certs,
-            &self.selector(),
-            &registries,
-            &["--no-webhook"],
-            &[
-                ("KUBECONFIG", self.kubeconfig.to_str().unwrap()),
-                ("POD_NAMESPACE", &self.release_ns),
-                ("POD_NAME", "injector"),
-            ],
-        )
-    }
-
-    async fn namespace(&self, suffix: &str, labelled: bool) -> String {
-        let ns = format!("{}-{suffix}", self.id);
-        let labels: &[(&str, &str)] = if labelled { &[(LABEL, &self.id)] } else { &[] };
-        cluster::create_namespace(&self.client, &ns, labels).await;
-        ns
-    }
-
-    async fn set_label(&self, ns: &str, on: bool) {
-        let value = if on {
-            json!(self.id)
-        } else {
-            serde_json::Value::Null
-        };
-        Api::<Namespace>::all(self.client.clone())
-            .patch(
-                ns,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"metadata": {"labels": {LABEL: value}}})),
-            )
-            .await
-            .unwrap();
-    }
-
-    fn secrets(&self, ns: &str) -> Api<Secret> {
-        Api::namespaced(self.client.clone(), ns)
-    }
-
-    /// Wait until the managed Secret in `ns` holds `token`; returns it.
-    async fn wait_for_token(&self, ns: &str, token: &str, timeout: Duration) -> Secret {
-        let api = self.secrets(ns);
-        cluster::poll(
-            &format!("Secret {ns}/{SECRET} with token {token:?}"),
-            timeout,
-            || async {
-                let s = api.get_opt(SECRET).await.ok()??;
-                (password(&s, "cr.yandex").as_deref() == Some(token)).then_some(s)
-            },
-        )
-        .await
-    }
-
-    async fn wait_gone(&self, ns: &str, name: &str) {
-        let api = self.secrets(ns);
-        cluster::poll(
-            &format!("Secret {ns}/{name} to be deleted"),
-            Duration::from_secs(20),
-            || async { api.get_opt(name).await.ok()?.is_none().then_some(()) },
-        )
-        .await;
-    }
-}
-
-/// The password the Secret holds for `host` (parsed like kubelet, from `auth`).
-fn password(s: &Secret, host: &str) -> Option<String> {
-    let data = s.data.as_ref()?.get(".dockerconfigjson")?;
-    let config = pullsecret_injector::dockerconfig::parse(&data.0).ok()?;
-    Some(config.auths.get(host)?.password.clone())
+/// The label selector of the Secrets release `fx` manages.
+fn managed_selector(fx: &Release) -> String {
+    format!(
+        "app.kubernetes.io/managed-by=pullsecret-injector,pullsecret-injector.io/instance={}",
+        fx.id
+    )
 }
 
 fn metrics(i: &Injector) -> String {
@@ -169,9 +53,9 @@ fn foreign_secret(name: &str) -> Secret {
 #[tokio::test]
 #[ignore = "needs the local control plane: run scripts/test.sh"]
 async fn labelled_namespace_gets_a_pull_secret_with_the_iam_token_for_both_hosts() {
-    let fx = Fixture::new("label").await;
+    let fx = Release::new("label", LABEL).await;
     fx.iam.set_token("t1.first-token");
-    let injector = fx.start("");
+    let injector = start(&fx);
     let ns = fx.namespace("a", false).await;
     let t0 = Instant::now();
     fx.set_label(&ns, true).await;
@@ -218,7 +102,7 @@ async fn labelled_namespace_gets_a_pull_secret_with_the_iam_token_for_both_hosts
     // The unlabelled namespace of another test never gets anything, and nothing is written
     // outside the opted-in namespace.
     let all = Api::<Secret>::all(fx.client.clone())
-        .list(&ListParams::default().labels(&fx.managed_selector()))
+        .list(&ListParams::default().labels(&managed_selector(&fx)))
         .await
         .unwrap();
     let ours: Vec<_> = all
@@ -238,13 +122,13 @@ async fn labelled_namespace_gets_a_pull_secret_with_the_iam_token_for_both_hosts
 #[tokio::test]
 #[ignore = "needs the local control plane: run scripts/test.sh"]
 async fn new_token_reaches_every_namespace_and_failures_keep_the_last_good_one() {
-    let fx = Fixture::new("rotate").await;
+    let fx = Release::new("rotate", LABEL).await;
     // Short-lived tokens: the refresh is due at half their life (3 s here).
     fx.iam.set_lifetime(Duration::from_secs(6));
     fx.iam.set_token("t1.before");
     let a = fx.namespace("a", true).await;
     let b = fx.namespace("b", true).await;
-    let injector = fx.start("");
+    let injector = start(&fx);
     fx.wait_for_token(&a, "t1.before", Duration::from_secs(20))
         .await;
     fx.wait_for_token(&b, "t1.before", Duration::from_secs(20))
@@ -292,8 +176,8 @@ async fn new_token_reaches_every_namespace_and_failures_keep_the_last_good_one()
 #[tokio::test]
 #[ignore = "needs the local control plane: run scripts/test.sh"]
 async fn removing_the_label_deletes_only_our_secrets() {
-    let fx = Fixture::new("unlabel").await;
-    let _injector = fx.start("");
+    let fx = Release::new("unlabel", LABEL).await;
+    let _injector = start(&fx);
     let ns = fx.namespace("a", true).await;
     fx.wait_for_token(&ns, "t1.stand-in-token-1", Duration::from_secs(20))
         .await;
@@ -302,7 +186,7 @@ async fn removing_the_label_deletes_only_our_secrets() {
         .await
         .unwrap();
     fx.set_label(&ns, false).await;
-    fx.wait_gone(&ns, SECRET).await;
+    fx.wait_gone(&ns, SECRET, Duration::from_secs(20)).await;
     assert!(
         fx.secrets(&ns)
             .get_opt("someone-elses")
@@ -320,8 +204,8 @@ async fn removing_the_label_deletes_only_our_secrets() {
 #[tokio::test]
 #[ignore = "needs the local control plane: run scripts/test.sh"]
 async fn deleted_or_edited_managed_secret_is_repaired_and_a_foreign_one_is_left_alone() {
-    let fx = Fixture::new("repair").await;
-    let injector = fx.start("");
+    let fx = Release::new("repair", LABEL).await;
+    let injector = start(&fx);
     let ns = fx.namespace("a", true).await;
     fx.wait_for_token(&ns, "t1.stand-in-token-1", Duration::from_secs(20))
         .await;
@@ -386,8 +270,8 @@ async fn deleted_or_edited_managed_secret_is_repaired_and_a_foreign_one_is_left_
 #[tokio::test]
 #[ignore = "needs the local control plane: run scripts/test.sh"]
 async fn two_hundred_namespaces_converge_with_one_iam_call() {
-    let fx = Fixture::new("scale").await;
-    let injector = fx.start("");
+    let fx = Release::new("scale", LABEL).await;
+    let injector = start(&fx);
     let calls_before = fx.iam.calls();
     let names: Vec<String> = (0..200).map(|i| format!("{}-n{i}", fx.id)).collect();
     let t0 = Instant::now();
@@ -414,7 +298,7 @@ async fn two_hundred_namespaces_converge_with_one_iam_call() {
     let all = Api::<Secret>::all(fx.client.clone());
     cluster::poll("200 managed Secrets", Duration::from_secs(60), || async {
         let list = all
-            .list(&ListParams::default().labels(&fx.managed_selector()))
+            .list(&ListParams::default().labels(&managed_selector(&fx)))
             .await
             .ok()?;
         let n = list
@@ -448,12 +332,12 @@ async fn two_hundred_namespaces_converge_with_one_iam_call() {
 #[tokio::test]
 #[ignore = "needs the local control plane: run scripts/test.sh"]
 async fn two_replicas_elect_one_writer_and_the_survivor_takes_over() {
-    let fx = Fixture::new("leader").await;
-    let mut first = fx.start("");
+    let fx = Release::new("leader", LABEL).await;
+    let mut first = start(&fx);
     let ns = fx.namespace("a", true).await;
     fx.wait_for_token(&ns, "t1.stand-in-token-1", Duration::from_secs(20))
         .await;
-    let second = fx.start("");
+    let second = start(&fx);
     // Only one of them refreshes credentials and writes.
     let refreshes = |i: &Injector| {
         cluster::metric(

@@ -5,6 +5,8 @@
 //! tests run in parallel without seeing each other.
 
 mod cluster;
+mod common;
+mod fixture;
 
 use std::path::Path;
 use std::time::Duration;
@@ -16,20 +18,6 @@ use kube::api::{Api, ObjectMeta, PostParams};
 use serde_json::json;
 
 const LABEL: &str = "pullsecret-injector.io/e2e";
-
-const REGISTRIES: &str = r#"
-registries:
-  - name: yandex
-    hosts: ["cr.yandex", "registry.yandexcloud.net"]
-    secretName: yc-registry-secret
-    credentials:
-      basic: { username: iam, passwordFile: PASSWORD_FILE }
-  - name: corp
-    hosts: ["*.corp.example.com"]
-    secretName: corp-pull
-    credentials:
-      basic: { username: robot, passwordFile: PASSWORD_FILE }
-"#;
 
 struct Fixture {
     client: Client,
@@ -48,14 +36,22 @@ impl Fixture {
         let password = dir.path().join("password");
         std::fs::write(&password, "not-a-real-token\n").unwrap();
         let selector = format!("{LABEL}={id}");
-        let injector = Injector::start(
-            dir.path(),
-            &certs,
-            &selector,
-            &REGISTRIES.replace("PASSWORD_FILE", &password.display().to_string()),
-            &["--no-sync"],
-            &[],
-        );
+        let mut config = fixture::config(vec![
+            fixture::registry(
+                "yandex",
+                &fixture::YANDEX_HOSTS,
+                fixture::SECRET,
+                fixture::basic("iam", &password),
+            ),
+            fixture::registry(
+                "corp",
+                &["*.corp.example.com"],
+                "corp-pull",
+                fixture::basic("robot", &password),
+            ),
+        ]);
+        config.namespace_selector = selector.clone();
+        let injector = Injector::start(dir.path(), &certs, config, &["--no-sync"], &[]);
         let webhook = format!("psi-{id}");
         cluster::register_webhook(&client, &webhook, &injector.url(), &certs.ca_pem, &selector)
             .await;

@@ -9,6 +9,7 @@
 
 mod cluster;
 mod common;
+mod fixture;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -101,13 +102,13 @@ fn excerpt(text: &str, needle: &str) -> String {
     text[start..end].to_string()
 }
 
-/// Files for every credential source; returns (registries YAML, key file JSON).
+/// Files for every credential source; returns the config and the key file JSON.
 fn credential_files(
     dir: &Path,
     key: &TestKey,
     iam_endpoint: &str,
     vm_endpoint: &str,
-) -> (String, String) {
+) -> (fixture::Config, String) {
     let key_file = key.write_key_file(dir, true);
     let key_json = std::fs::read_to_string(&key_file).unwrap();
     let password = dir.join("password");
@@ -118,39 +119,39 @@ fn credential_files(
         format!(r#"{{"auths":{{"registry.example.com":{{"username":"u","password":"{DOCKER_PASSWORD}"}}}}}}"#),
     )
     .unwrap();
-    let yaml = format!(
-        "registries:
-  - name: yandex
-    hosts: [cr.yandex, registry.yandexcloud.net]
-    secretName: leak-yc
-    credentials:
-      yandexAuthorizedKey: {{ file: {key}, endpoint: {iam_endpoint:?} }}
-  - name: vm
-    hosts: [vm.example.com]
-    secretName: leak-vm
-    credentials:
-      yandexMetadata: {{ endpoint: {vm_endpoint:?} }}
-  - name: jsonkey
-    hosts: [json.example.com]
-    secretName: leak-json
-    credentials:
-      yandexJsonKey: {{ file: {key} }}
-  - name: corp
-    hosts: [corp.example.com]
-    secretName: leak-corp
-    credentials:
-      basic: {{ username: robot, passwordFile: {password} }}
-  - name: docker
-    hosts: [registry.example.com]
-    secretName: leak-docker
-    credentials:
-      dockerConfig: {{ file: {docker} }}
-",
-        key = key_file.display(),
-        password = password.display(),
-        docker = docker.display(),
-    );
-    (yaml, key_json)
+    let config = fixture::config(vec![
+        fixture::registry(
+            "yandex",
+            &fixture::YANDEX_HOSTS,
+            "leak-yc",
+            fixture::authorized_key(&key_file, iam_endpoint),
+        ),
+        fixture::registry(
+            "vm",
+            &["vm.example.com"],
+            "leak-vm",
+            fixture::metadata(vm_endpoint),
+        ),
+        fixture::registry(
+            "jsonkey",
+            &["json.example.com"],
+            "leak-json",
+            fixture::json_key(&key_file),
+        ),
+        fixture::registry(
+            "corp",
+            &["corp.example.com"],
+            "leak-corp",
+            fixture::basic("robot", &password),
+        ),
+        fixture::registry(
+            "docker",
+            &["registry.example.com"],
+            "leak-docker",
+            fixture::docker_config(&docker),
+        ),
+    ]);
+    (config, key_json)
 }
 
 #[tokio::test]
@@ -164,7 +165,7 @@ async fn check_at_trace_prints_no_secret_for_any_credential_source() {
     let dir = tempfile::tempdir().unwrap();
     let (registries, key_json) = credential_files(dir.path(), key, &iam.endpoint(), &vm.endpoint());
     let config = dir.path().join("config.yaml");
-    std::fs::write(&config, registries).unwrap();
+    std::fs::write(&config, serde_norway::to_string(&registries).unwrap()).unwrap();
     let secrets = Secrets::new(key, &key_json);
 
     let out = tokio::task::spawn_blocking(move || {
@@ -247,17 +248,19 @@ async fn run_at_trace_never_logs_or_exports_a_secret() {
     vm.set_token(VM_TOKEN);
     let dir = tempfile::tempdir().unwrap();
     let certs = cluster::Certs::generate(&dir.path().join("certs"));
-    let (registries, key_json) = credential_files(dir.path(), key, &iam.endpoint(), &vm.endpoint());
+    let (mut config, key_json) = credential_files(dir.path(), key, &iam.endpoint(), &vm.endpoint());
     let secrets = Secrets::new(key, &key_json);
     let label = "pullsecret-injector.io/e2e-leak";
+    config.namespace_selector = format!("{label}={id}");
+    config.sync.instance = id.clone();
+    config.sync.leader_election.enabled = false;
     let ns = format!("{id}-a");
     cluster::create_namespace(&client, &ns, &[(label, &id)]).await;
     let kubeconfig: PathBuf = cluster::kubeconfig_path();
     let injector = cluster::Injector::start(
         dir.path(),
         &certs,
-        &format!("{label}={id}"),
-        &format!("sync:\n  instance: {id}\n  leaderElection: {{ enabled: false }}\n{registries}"),
+        config,
         &[],
         &[
             ("KUBECONFIG", kubeconfig.to_str().unwrap()),

@@ -19,9 +19,10 @@ use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, WebhookClientConfig,
 };
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use kube::Client;
 use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Client, Config};
+use pullsecret_injector::config::Config;
 
 /// The repository root.
 pub fn repo() -> PathBuf {
@@ -43,12 +44,70 @@ pub fn kubeconfig_path() -> PathBuf {
     }
 }
 
+/// Where a control plane is: the shared one (`PSI_TEST_*`) or one a test started itself.
+pub struct ControlPlane {
+    /// Admin kubeconfig.
+    pub kubeconfig: PathBuf,
+    /// `https://127.0.0.1:PORT`.
+    pub server: String,
+    /// PEM that verifies the API server.
+    pub ca: PathBuf,
+}
+
+impl ControlPlane {
+    /// The control plane `scripts/test.sh` started for every test.
+    pub fn shared() -> Self {
+        Self {
+            kubeconfig: kubeconfig_path(),
+            server: std::env::var("PSI_TEST_APISERVER").expect("PSI_TEST_APISERVER"),
+            ca: std::env::var("PSI_TEST_CA_FILE")
+                .expect("PSI_TEST_CA_FILE")
+                .into(),
+        }
+    }
+
+    /// An admin client.
+    pub async fn admin_client(&self) -> Client {
+        client_for(&self.kubeconfig).await
+    }
+
+    /// `kubectl` as admin.
+    pub fn kubectl(&self) -> Command {
+        let mut c = Command::new("kubectl");
+        c.env("KUBECONFIG", &self.kubeconfig);
+        c
+    }
+
+    /// `kubectl apply -f -` as admin.
+    pub fn apply(&self, manifests: &[u8]) {
+        let mut child = self
+            .kubectl()
+            .args(["apply", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("running kubectl apply");
+        child.stdin.take().unwrap().write_all(manifests).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "kubectl apply failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
 /// An admin client for the local API server.
 pub async fn admin_client() -> Client {
-    let path = kubeconfig_path();
+    client_for(&kubeconfig_path()).await
+}
+
+/// A client with the credentials of the kubeconfig at `path`.
+pub async fn client_for(path: &Path) -> Client {
     let kc =
-        Kubeconfig::read_from(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        Kubeconfig::read_from(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
         .await
         .unwrap_or_else(|e| panic!("kubeconfig {}: {e}", path.display()));
     Client::try_from(config).expect("building kube client")
@@ -132,29 +191,25 @@ pub struct Injector {
 }
 
 impl Injector {
-    /// Write a config (`registries_yaml` plus the listen addresses and TLS files) into `dir`
-    /// and start `pullsecret-injector run` with `args`; waits until `/readyz` is ok.
+    /// Write `config` with free listen ports and `certs` as the TLS files into `dir` and
+    /// start `pullsecret-injector run` with `args`; waits until `/readyz` is ok.
     pub fn start(
         dir: &Path,
         certs: &Certs,
-        namespace_selector: &str,
-        registries_yaml: &str,
+        mut config: Config,
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Self {
         let webhook_port = free_port();
         let admin_port = free_port();
-        let config = dir.join(format!("config-{webhook_port}.yaml"));
-        std::fs::write(
-            &config,
-            format!(
-                "webhook:\n  listen: \"127.0.0.1:{webhook_port}\"\n  tlsCertFile: {}\n  tlsKeyFile: {}\nadmin:\n  listen: \"127.0.0.1:{admin_port}\"\nnamespaceSelector: {namespace_selector:?}\n{registries_yaml}",
-                certs.cert().display(),
-                certs.key().display()
-            ),
-        )
-        .expect("writing config");
-        Self::start_with_config(dir, &config, webhook_port, admin_port, args, env)
+        config.webhook.listen = format!("127.0.0.1:{webhook_port}");
+        config.webhook.tls_cert_file = certs.cert();
+        config.webhook.tls_key_file = certs.key();
+        config.admin.listen = format!("127.0.0.1:{admin_port}");
+        let path = dir.join(format!("config-{webhook_port}.yaml"));
+        let yaml = serde_norway::to_string(&config).expect("config as YAML");
+        std::fs::write(&path, yaml).expect("writing config");
+        Self::start_with_config(dir, &path, webhook_port, admin_port, args, env)
     }
 
     /// Start with an existing config file whose listen ports are known.
@@ -425,9 +480,10 @@ pub fn helm() -> PathBuf {
 }
 
 /// Install the chart's ServiceAccount and RBAC (exactly what the chart renders) for
-/// release `release` in `namespace`, and return a kubeconfig that authenticates as that
-/// ServiceAccount with a TokenRequest token.
+/// release `release` in `namespace` on `cp`, and return a kubeconfig that authenticates as
+/// that ServiceAccount with a TokenRequest token.
 pub async fn chart_service_account(
+    cp: &ControlPlane,
     client: &Client,
     dir: &Path,
     release: &str,
@@ -455,10 +511,10 @@ pub async fn chart_service_account(
         "helm template failed: {}",
         String::from_utf8_lossy(&rendered.stderr)
     );
-    kubectl_apply(&rendered.stdout);
+    cp.apply(&rendered.stdout);
     let sa = release_service_account(&rendered.stdout);
-    let token = Command::new("kubectl")
-        .env("KUBECONFIG", kubeconfig_path())
+    let token = cp
+        .kubectl()
         .args(["create", "token", &sa, "-n", namespace, "--duration", "2h"])
         .output()
         .expect("running kubectl create token");
@@ -468,13 +524,13 @@ pub async fn chart_service_account(
         String::from_utf8_lossy(&token.stderr)
     );
     let token = String::from_utf8(token.stdout).unwrap().trim().to_string();
-    let server = std::env::var("PSI_TEST_APISERVER").expect("PSI_TEST_APISERVER");
-    let ca = std::env::var("PSI_TEST_CA_FILE").expect("PSI_TEST_CA_FILE");
     let path = dir.join(format!("kubeconfig-{release}"));
     std::fs::write(
         &path,
         format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: local\n  cluster:\n    server: {server}\n    certificate-authority: {ca}\nusers:\n- name: sa\n  user:\n    token: {token}\ncontexts:\n- name: sa\n  context: {{cluster: local, user: sa, namespace: {namespace}}}\ncurrent-context: sa\n"
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: local\n  cluster:\n    server: {}\n    certificate-authority: {}\nusers:\n- name: sa\n  user:\n    token: {token}\ncontexts:\n- name: sa\n  context: {{cluster: local, user: sa, namespace: {namespace}}}\ncurrent-context: sa\n",
+            cp.server,
+            cp.ca.display()
         ),
     )
     .unwrap();
@@ -495,23 +551,9 @@ fn release_service_account(rendered: &[u8]) -> String {
     panic!("no ServiceAccount in the rendered chart:\n{text}");
 }
 
-/// `kubectl apply -f -` as admin.
+/// `kubectl apply -f -` as admin of the shared control plane.
 pub fn kubectl_apply(manifests: &[u8]) {
-    let mut child = Command::new("kubectl")
-        .env("KUBECONFIG", kubeconfig_path())
-        .args(["apply", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("running kubectl apply");
-    child.stdin.take().unwrap().write_all(manifests).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "kubectl apply failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ControlPlane::shared().apply(manifests);
 }
 
 /// A counter or gauge value from OpenMetrics text (`name{labels}` exactly as printed).
