@@ -413,6 +413,116 @@ async fn broken_key_file_keeps_the_last_good_credential_and_fixing_it_recovers()
     wait_writes(&injector, &writes_before, &[("updated", 1.0)]).await;
 }
 
+/// Issue 11: a credential file that is broken when the process starts does not stop it. The
+/// webhook serves and injects; the sync task writes nothing and reports the problem in the
+/// log, the failure counter, a Warning Event about its Pod and the `/readyz` body (which
+/// stays 200: the webhook is fine); once the file is fixed the Secret appears, the body
+/// clears and a Normal Event says so.
+#[tokio::test]
+#[ignore = "needs the local control plane: run scripts/test.sh"]
+async fn broken_key_file_at_start_keeps_the_webhook_serving_and_is_reported() {
+    let fx = Release::new("badstart", LABEL).await;
+    fx.iam.set_token("t1.after-the-fix");
+    let good = std::fs::read(&fx.key_file).unwrap();
+    replace_file(&fx.key_file, b"{\"id\": \"aje");
+    let key_path = fx.key_file.display().to_string();
+    let injector = fx.start(fx.config(), &["--credential-file-check-interval", "200ms"]);
+    let logged = injector.log_text();
+    assert!(
+        logged.contains("registry yandex: yandexAuthorizedKey credentials: ")
+            && logged.contains(&key_path),
+        "the broken file is named at start:\n{logged}"
+    );
+    let webhook = format!("psi-{}", fx.id);
+    cluster::register_webhook(
+        &fx.client,
+        &webhook,
+        &injector.url(),
+        &fx.certs.ca_pem,
+        &fx.selector(),
+    )
+    .await;
+    let ns = fx.namespace("a", true).await;
+    let pods = Api::<Pod>::namespaced(fx.client.clone(), &ns);
+    let dry = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    cluster::poll("the webhook to inject", Duration::from_secs(30), || async {
+        let p = pods.create(&dry, &pod("probe")).await.ok()?;
+        (pull_secrets(&p) == [SECRET]).then_some(())
+    })
+    .await;
+
+    let (status, body) = cluster::poll(
+        "/readyz to report the credential problem",
+        Duration::from_secs(20),
+        || async {
+            let r = injector.admin_get("/readyz")?;
+            r.1.contains("credentials yandex: refresh failing")
+                .then_some(r)
+        },
+    )
+    .await;
+    assert_eq!(
+        status, 200,
+        "the webhook is fine, so the replica stays ready: {body}"
+    );
+    assert!(
+        body.contains(&key_path) && body.contains("webhook: serving"),
+        "{body}"
+    );
+    assert!(refresh_failures(&injector) >= 1.0);
+    assert!(injector.log_text().contains("credential refresh failed"));
+    let events =
+        Api::<k8s_openapi::api::events::v1::Event>::namespaced(fx.client.clone(), &fx.release_ns);
+    let event = |reason: &'static str| {
+        let events = events.clone();
+        async move {
+            let list = events.list(&Default::default()).await.ok()?;
+            list.items
+                .into_iter()
+                .find(|e| e.reason.as_deref() == Some(reason))
+        }
+    };
+    let failed = cluster::poll(
+        "a CredentialRefreshFailed Event",
+        Duration::from_secs(20),
+        || event("CredentialRefreshFailed"),
+    )
+    .await;
+    let note = failed.note.unwrap_or_default();
+    assert!(
+        note.contains("registry yandex") && note.contains(&key_path),
+        "{note}"
+    );
+    let regarding = failed.regarding.unwrap_or_default();
+    assert_eq!(
+        (regarding.kind.as_deref(), regarding.name.as_deref()),
+        (Some("Pod"), Some("injector"))
+    );
+    assert!(
+        fx.secret(&ns).await.is_none(),
+        "nothing written without a credential"
+    );
+
+    replace_file(&fx.key_file, &good);
+    fx.wait_for_token(&ns, "t1.after-the-fix", Duration::from_secs(20))
+        .await;
+    cluster::poll("/readyz to clear", Duration::from_secs(10), || async {
+        let (_, body) = injector.admin_get("/readyz")?;
+        (!body.contains("credentials yandex")).then_some(())
+    })
+    .await;
+    cluster::poll(
+        "a CredentialRefreshed Event",
+        Duration::from_secs(20),
+        || event("CredentialRefreshed"),
+    )
+    .await;
+    cluster::unregister_webhook(&fx.client, &webhook).await;
+}
+
 #[tokio::test]
 #[ignore = "needs the local control plane: run scripts/test.sh"]
 async fn api_server_restart_with_compacted_etcd_resumes_the_watches_and_converges_without_extra_writes()
