@@ -497,109 +497,16 @@ impl Config {
                 ),
             );
         }
-        if self.sync.refresh_interval < Duration::from_secs(10) {
-            err(
-                "sync.refreshInterval",
-                format!(
-                    "{} is too short (minimum 10s)",
-                    humantime::format_duration(self.sync.refresh_interval)
-                ),
-            );
-        }
-        if self.sync.max_writes_per_second == 0 {
-            err("sync.maxWritesPerSecond", "must be at least 1".into());
-        }
-        if self.sync.instance.is_empty()
-            || crate::labels::validate_label_value(&self.sync.instance).is_err()
-        {
-            err(
-                "sync.instance",
-                format!(
-                    "{:?} is not a valid label value (1-63 alphanumerics, '-', '_', '.')",
-                    self.sync.instance
-                ),
-            );
-        }
-        let le = &self.sync.leader_election;
-        if le.enabled && crate::labels::validate_dns_subdomain(&le.lease_name).is_err() {
-            err(
-                "sync.leaderElection.leaseName",
-                format!("{:?} is not a valid object name", le.lease_name),
-            );
-        }
-        if !le.lease_namespace.is_empty()
-            && crate::labels::validate_dns_label(&le.lease_namespace).is_err()
-        {
-            err(
-                "sync.leaderElection.leaseNamespace",
-                format!("{:?} is not a valid namespace name", le.lease_namespace),
-            );
-        }
-
+        check_sync(&self.sync, &mut err);
         if self.registries.is_empty() {
             err("registries", "at least one registry is required".into());
         }
-        let mut registries = Vec::new();
-        for (i, r) in self.registries.iter().enumerate() {
-            let p = format!("registries[{i}]");
-            if crate::labels::validate_label_value(&r.name).is_err() || r.name.is_empty() {
-                err(
-                    &format!("{p}.name"),
-                    format!(
-                        "{:?} is not a valid name (1-63 characters, alphanumerics, '-', '_', '.')",
-                        r.name
-                    ),
-                );
-            }
-            if let Some(j) = self.registries[..i].iter().position(|o| o.name == r.name) {
-                err(
-                    &format!("{p}.name"),
-                    format!("{:?} is already used by registries[{j}]", r.name),
-                );
-            }
-            if crate::labels::validate_dns_subdomain(&r.secret_name).is_err() {
-                err(
-                    &format!("{p}.secretName"),
-                    format!("{:?} is not a valid Secret name", r.secret_name),
-                );
-            }
-            if let Some(j) = self.registries[..i]
-                .iter()
-                .position(|o| o.secret_name == r.secret_name)
-            {
-                err(
-                    &format!("{p}.secretName"),
-                    format!("{:?} is already used by registries[{j}]", r.secret_name),
-                );
-            }
-            if r.hosts.is_empty() {
-                err(
-                    &format!("{p}.hosts"),
-                    "at least one host pattern is required".into(),
-                );
-            }
-            let mut hosts = Vec::new();
-            for (k, h) in r.hosts.iter().enumerate() {
-                match HostPattern::parse(h) {
-                    Ok(pat) => {
-                        if r.hosts[..k].contains(h) {
-                            err(&format!("{p}.hosts[{k}]"), format!("{h:?} is listed twice"));
-                        }
-                        hosts.push(pat)
-                    }
-                    Err(e) => err(&format!("{p}.hosts[{k}]"), e.to_string()),
-                }
-            }
-            let credentials = validate_credentials(&r.credentials, &format!("{p}.credentials"))
-                .map_err(|e| err(&e.path, e.message))
-                .ok();
-            if let Some(credentials) = credentials {
-                registries.push(Registry {
-                    entry: RegistryEntry::new(r.name.clone(), r.secret_name.clone(), hosts),
-                    credentials,
-                });
-            }
-        }
+        let registries: Vec<Registry> = self
+            .registries
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| check_registry(i, r, &self.registries[..i], &mut err))
+            .collect();
 
         match (webhook_listen, admin_listen, namespace_selector) {
             (Some(webhook_listen), Some(admin_listen), Some(namespace_selector))
@@ -619,6 +526,109 @@ impl Config {
             _ => Err(errs),
         }
     }
+}
+
+/// The `sync:` section's problems.
+fn check_sync(sync: &SyncConfig, err: &mut impl FnMut(&str, String)) {
+    if sync.refresh_interval < Duration::from_secs(10) {
+        err(
+            "sync.refreshInterval",
+            format!(
+                "{} is too short (minimum 10s)",
+                humantime::format_duration(sync.refresh_interval)
+            ),
+        );
+    }
+    if sync.max_writes_per_second == 0 {
+        err("sync.maxWritesPerSecond", "must be at least 1".into());
+    }
+    if sync.instance.is_empty() || crate::labels::validate_label_value(&sync.instance).is_err() {
+        err(
+            "sync.instance",
+            format!(
+                "{:?} is not a valid label value (1-63 alphanumerics, '-', '_', '.')",
+                sync.instance
+            ),
+        );
+    }
+    let le = &sync.leader_election;
+    if le.enabled && crate::labels::validate_dns_subdomain(&le.lease_name).is_err() {
+        err(
+            "sync.leaderElection.leaseName",
+            format!("{:?} is not a valid object name", le.lease_name),
+        );
+    }
+    if !le.lease_namespace.is_empty()
+        && crate::labels::validate_dns_label(&le.lease_namespace).is_err()
+    {
+        err(
+            "sync.leaderElection.leaseNamespace",
+            format!("{:?} is not a valid namespace name", le.lease_namespace),
+        );
+    }
+}
+
+/// One `registries[i]` entry's problems (`earlier`: the entries before it); the validated
+/// registry when it has none that stop it.
+fn check_registry(
+    i: usize,
+    r: &RegistryConfig,
+    earlier: &[RegistryConfig],
+    err: &mut impl FnMut(&str, String),
+) -> Option<Registry> {
+    let p = format!("registries[{i}]");
+    if crate::labels::validate_label_value(&r.name).is_err() || r.name.is_empty() {
+        err(
+            &format!("{p}.name"),
+            format!(
+                "{:?} is not a valid name (1-63 characters, alphanumerics, '-', '_', '.')",
+                r.name
+            ),
+        );
+    }
+    if let Some(j) = earlier.iter().position(|o| o.name == r.name) {
+        err(
+            &format!("{p}.name"),
+            format!("{:?} is already used by registries[{j}]", r.name),
+        );
+    }
+    if crate::labels::validate_dns_subdomain(&r.secret_name).is_err() {
+        err(
+            &format!("{p}.secretName"),
+            format!("{:?} is not a valid Secret name", r.secret_name),
+        );
+    }
+    if let Some(j) = earlier.iter().position(|o| o.secret_name == r.secret_name) {
+        err(
+            &format!("{p}.secretName"),
+            format!("{:?} is already used by registries[{j}]", r.secret_name),
+        );
+    }
+    if r.hosts.is_empty() {
+        err(
+            &format!("{p}.hosts"),
+            "at least one host pattern is required".into(),
+        );
+    }
+    let mut hosts = Vec::new();
+    for (k, h) in r.hosts.iter().enumerate() {
+        match HostPattern::parse(h) {
+            Ok(pat) => {
+                if r.hosts[..k].contains(h) {
+                    err(&format!("{p}.hosts[{k}]"), format!("{h:?} is listed twice"));
+                }
+                hosts.push(pat)
+            }
+            Err(e) => err(&format!("{p}.hosts[{k}]"), e.to_string()),
+        }
+    }
+    let credentials = validate_credentials(&r.credentials, &format!("{p}.credentials"))
+        .map_err(|e| err(&e.path, e.message))
+        .ok();
+    credentials.map(|credentials| Registry {
+        entry: RegistryEntry::new(r.name.clone(), r.secret_name.clone(), hosts),
+        credentials,
+    })
 }
 
 impl Settings {

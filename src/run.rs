@@ -222,13 +222,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         health.set_webhook(Webhook::Disabled);
         None
     } else {
-        let store = Arc::new(CertStore::load(
-            &settings.tls_cert_file,
-            &settings.tls_key_file,
-        )?);
-        let tls = store.server_config()?;
-        let listener = server::bind(settings.webhook_listen, "webhook.listen").await?;
-        Some((store, tls, listener))
+        Some(PreparedWebhook::bind(&settings).await?)
     };
     let admin_listener = server::bind(settings.admin_listen, "admin.listen").await?;
 
@@ -243,65 +237,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         let stop = stop.clone().cancelled_owned();
         async move { Ok(server::serve_admin(admin_listener, admin, stop).await?) }
     });
-    if let Some((store, tls, listener)) = webhook {
-        if let Ok(addr) = listener.local_addr() {
-            tracing::info!(address = %addr, "webhook listening (HTTPS)");
-        }
-        let interval = args.tls_reload_interval;
-        tasks.spawn("TLS reload", {
-            let stop = stop.clone().cancelled_owned();
-            async move {
-                store.watch(interval, stop).await;
-                Ok(())
-            }
-        });
-        let admission = Arc::new(Admission::new(
+    if let Some(webhook) = webhook {
+        let admission = Admission::new(
             Registries::new(settings.entries()),
             settings.pod_opt_out_annotation.clone(),
             metrics.clone(),
-        ));
-        let router = server::webhook_router(admission);
-        let stop = stop.clone().cancelled_owned();
-        tasks.spawn("webhook server", async move {
-            server::serve_tls(listener, tls, router, Limits::default(), stop).await;
-            Ok(())
-        });
+        );
+        webhook.spawn(&mut tasks, admission, args.tls_reload_interval);
     }
-    // Held until the end: without an elector this replica always leads.
-    let mut always_leading = None;
-    if let Some(PreparedSync { task, elector }) = sync {
-        let leading = match elector {
-            Some(elector) => {
-                let (tx, rx) = tokio::sync::watch::channel(false);
-                let stop = stop.clone().cancelled_owned();
-                tasks.spawn("leader election", async move {
-                    elector.run(tx, stop).await;
-                    Ok(())
-                });
-                rx
-            }
-            None => {
-                let (tx, rx) = tokio::sync::watch::channel(true);
-                always_leading = Some(tx);
-                rx
-            }
-        };
-        tasks.spawn(
-            "namespace watch",
-            task.clone().watch_namespaces(stop.clone()),
-        );
-        tasks.spawn(
-            "managed Secret watch",
-            task.clone().watch_secrets(stop.clone()),
-        );
-        tasks.spawn(
-            "credential reports",
-            task.clone().report_credentials(stop.clone()),
-        );
-        tasks.spawn(
-            "sync writer",
-            task.write_while_leading(leading, stop.clone()),
-        );
+    if let Some(sync) = sync {
+        sync.spawn(&mut tasks);
     }
     tracing::info!(admin = %settings.admin_listen, registries = settings.registries.len(), webhook = !args.no_webhook, sync = !args.no_sync, "pullsecret-injector running");
 
@@ -311,17 +256,94 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             STOP_TIMEOUT,
         )
         .await;
-    drop(always_leading);
     if result.is_ok() {
         tracing::info!("stopped");
     }
     result
 }
 
+/// The webhook, its certificate loaded and its port bound, not serving yet.
+struct PreparedWebhook {
+    store: Arc<CertStore>,
+    tls: Arc<rustls::ServerConfig>,
+    listener: tokio::net::TcpListener,
+}
+
+impl PreparedWebhook {
+    async fn bind(settings: &Settings) -> anyhow::Result<Self> {
+        let store = Arc::new(CertStore::load(
+            &settings.tls_cert_file,
+            &settings.tls_key_file,
+        )?);
+        let tls = store.server_config()?;
+        let listener = server::bind(settings.webhook_listen, "webhook.listen").await?;
+        Ok(Self {
+            store,
+            tls,
+            listener,
+        })
+    }
+
+    /// Start the certificate reload and the HTTPS server.
+    fn spawn(self, tasks: &mut Supervisor, admission: Admission, reload_interval: Duration) {
+        if let Ok(addr) = self.listener.local_addr() {
+            tracing::info!(address = %addr, "webhook listening (HTTPS)");
+        }
+        let store = self.store;
+        let stop = tasks.stop().cancelled_owned();
+        tasks.spawn("TLS reload", async move {
+            store.watch(reload_interval, stop).await;
+            Ok(())
+        });
+        let router = server::webhook_router(Arc::new(admission));
+        let (listener, tls) = (self.listener, self.tls);
+        let stop = tasks.stop().cancelled_owned();
+        tasks.spawn("webhook server", async move {
+            server::serve_tls(listener, tls, router, Limits::default(), stop).await;
+            Ok(())
+        });
+    }
+}
+
 /// The sync task, built and checked but not started.
 struct PreparedSync {
     task: Arc<SyncTask>,
     elector: Option<LeaderElector>,
+}
+
+impl PreparedSync {
+    /// Start its parts: the watches, the credential reports, the writer, and the leader
+    /// election that gates the writer (without one this replica always leads).
+    fn spawn(self, tasks: &mut Supervisor) {
+        let Self { task, elector } = self;
+        let stop = tasks.stop();
+        let (leading_tx, leading) = tokio::sync::watch::channel(elector.is_none());
+        let writer = task.clone().write_while_leading(leading, stop.clone());
+        match elector {
+            Some(elector) => {
+                let until = stop.clone().cancelled_owned();
+                tasks.spawn("leader election", async move {
+                    elector.run(leading_tx, until).await;
+                    Ok(())
+                });
+                tasks.spawn("sync writer", writer);
+            }
+            // Always leading: the sender lives as long as the writer.
+            None => tasks.spawn("sync writer", async move {
+                let _leading = leading_tx;
+                writer.await
+            }),
+        }
+        tasks.spawn(
+            "namespace watch",
+            task.clone().watch_namespaces(stop.clone()),
+        );
+        tasks.spawn(
+            "managed Secret watch",
+            task.clone().watch_secrets(stop.clone()),
+        );
+        tasks.spawn("credential reports", task.report_credentials(stop));
+    }
 }
 
 async fn prepare_sync(

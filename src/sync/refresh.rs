@@ -12,7 +12,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 use tokio_util::sync::CancellationToken;
 
-use crate::credentials::{Fingerprint, Provider};
+use crate::credentials::{Credential, CredentialError, Fingerprint, Provider};
 use crate::metrics::{Metrics, RefreshLabel, RegistryLabel};
 use crate::sync::{RegistrySync, policy};
 
@@ -54,13 +54,11 @@ pub async fn refresh_loop(
         file_check_interval,
     } = timing;
     let provider = &registry.provider;
-    let tx = &registry.credential;
-    let registry_name = &registry.name;
     let mut failures: u32 = 0;
     // A credential from an earlier term of leadership is used until it is due: regaining the
     // lease (e.g. after an API server outage longer than the renew deadline) must not
     // rewrite every namespace's Secret with a token that is merely newer.
-    let kept = tx.borrow().clone();
+    let kept = registry.credential.borrow().clone();
     if let Some(c) = kept {
         let delay = policy::next_refresh(
             Timestamp::now(),
@@ -71,7 +69,7 @@ pub async fn refresh_loop(
         );
         if delay > policy::MIN_REFRESH_DELAY {
             tracing::info!(
-                registry = %registry_name,
+                registry = %registry.name,
                 refresh_in = %humantime::format_duration(round_secs(delay)),
                 "keeping the credential fetched before; refreshing when it is due"
             );
@@ -86,27 +84,6 @@ pub async fn refresh_loop(
         let delay = match provider.fetch().await {
             Ok(credential) => {
                 failures = 0;
-                metrics
-                    .credential_refresh
-                    .get_or_create(&RefreshLabel {
-                        registry: registry_name.clone(),
-                        result: "success",
-                    })
-                    .inc();
-                if let Some(expires_at) = credential.expires_at() {
-                    metrics
-                        .credential_expiry
-                        .get_or_create(&RegistryLabel {
-                            registry: registry_name.clone(),
-                        })
-                        .set(expires_at.as_millisecond() as f64 / 1000.0);
-                }
-                tracing::info!(
-                    registry = %registry_name,
-                    kind = provider.kind(),
-                    expires_at = %credential.expires_at().map(|t| t.to_string()).unwrap_or_else(|| "static".into()),
-                    "credential refreshed"
-                );
                 let delay = policy::next_refresh(
                     Timestamp::now(),
                     credential.issued_at(),
@@ -114,40 +91,13 @@ pub async fn refresh_loop(
                     refresh_interval,
                     jitter(),
                 );
-                tx.send_replace(Some(Arc::new(credential)));
-                registry.status.send_if_modified(|s| {
-                    std::mem::replace(s, RefreshStatus::Working) != RefreshStatus::Working
-                });
+                succeeded(registry, credential, metrics);
                 delay
             }
             Err(e) => {
-                metrics
-                    .credential_refresh
-                    .get_or_create(&RefreshLabel {
-                        registry: registry_name.clone(),
-                        result: "failure",
-                    })
-                    .inc();
                 let delay = policy::backoff(failures, fastrand::f64());
                 failures = failures.saturating_add(1);
-                let last_expiry = tx.borrow().as_ref().map(|c| c.expires_at());
-                let usable = match last_expiry {
-                    Some(expiry) => policy::is_usable(Timestamp::now(), expiry),
-                    None => false,
-                };
-                let status =
-                    RefreshStatus::Failing(format!("{} credentials: {e}", provider.kind()));
-                registry
-                    .status
-                    .send_if_modified(|s| std::mem::replace(s, status.clone()) != status);
-                tracing::warn!(
-                    registry = %registry_name,
-                    kind = provider.kind(),
-                    error = %e,
-                    retry_in = %humantime::format_duration(round_secs(delay)),
-                    last_good_still_valid = usable,
-                    "credential refresh failed; Secrets keep the last good credential"
-                );
+                failed(registry, &e, delay, metrics);
                 delay
             }
         };
@@ -155,6 +105,64 @@ pub async fn refresh_loop(
             return;
         }
     }
+}
+
+fn count(metrics: &Metrics, registry: &str, result: &'static str) {
+    metrics
+        .credential_refresh
+        .get_or_create(&RefreshLabel {
+            registry: registry.to_string(),
+            result,
+        })
+        .inc();
+}
+
+/// Publish a fresh credential; count and log it.
+fn succeeded(registry: &RegistrySync, credential: Credential, metrics: &Metrics) {
+    count(metrics, &registry.name, "success");
+    if let Some(expires_at) = credential.expires_at() {
+        metrics
+            .credential_expiry
+            .get_or_create(&RegistryLabel {
+                registry: registry.name.clone(),
+            })
+            .set(expires_at.as_millisecond() as f64 / 1000.0);
+    }
+    tracing::info!(
+        registry = %registry.name,
+        kind = registry.provider.kind(),
+        expires_at = %credential.expires_at().map(|t| t.to_string()).unwrap_or_else(|| "static".into()),
+        "credential refreshed"
+    );
+    registry.credential.send_replace(Some(Arc::new(credential)));
+    registry.status.send_if_modified(|s| {
+        std::mem::replace(s, RefreshStatus::Working) != RefreshStatus::Working
+    });
+}
+
+/// Publish the failure (never a credential: the Secrets keep the last good one); count
+/// and log it.
+fn failed(registry: &RegistrySync, e: &CredentialError, retry_in: Duration, metrics: &Metrics) {
+    count(metrics, &registry.name, "failure");
+    let last_expiry = registry
+        .credential
+        .borrow()
+        .as_ref()
+        .map(|c| c.expires_at());
+    let usable = last_expiry.is_some_and(|expiry| policy::is_usable(Timestamp::now(), expiry));
+    let kind = registry.provider.kind();
+    let status = RefreshStatus::Failing(format!("{kind} credentials: {e}"));
+    registry
+        .status
+        .send_if_modified(|s| std::mem::replace(s, status.clone()) != status);
+    tracing::warn!(
+        registry = %registry.name,
+        kind,
+        error = %e,
+        retry_in = %humantime::format_duration(round_secs(retry_in)),
+        last_good_still_valid = usable,
+        "credential refresh failed; Secrets keep the last good credential"
+    );
 }
 
 /// Sleep `delay`, waking early when the credential files change. Returns true on stop.
@@ -200,7 +208,7 @@ fn round_secs(d: Duration) -> Duration {
 mod tests {
     use super::*;
     use crate::config::{Basic, CredentialSource};
-    use crate::credentials::{Credential, HttpClient, HttpOptions, Secret};
+    use crate::credentials::{HttpClient, HttpOptions, Secret};
 
     fn basic_registry(dir: &std::path::Path) -> RegistrySync {
         let password_file = dir.join("password");
