@@ -125,25 +125,11 @@ pub fn plan(ns: &NamespaceView<'_>) -> Vec<Step> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::credentials::Secret;
+    use crate::sync::secret::tests::{cred, hosts};
     use k8s_openapi::ByteString;
 
     const INSTANCE: &str = "psi";
     const NS: &str = "team-a";
-
-    fn cred(token: &str, expires: Option<&str>) -> Credential {
-        Credential::login(
-            "iam",
-            Secret::new(token),
-            "2026-11-29T08:00:00Z".parse().unwrap(),
-            expires.map(|e| e.parse().unwrap()),
-        )
-        .unwrap()
-    }
-
-    fn hosts() -> Vec<String> {
-        vec!["cr.yandex".into(), "registry.yandexcloud.net".into()]
-    }
 
     /// What the watch would report after we wrote the Secret for `c`.
     fn ours_with(c: &Credential) -> SecretState {

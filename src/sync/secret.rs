@@ -166,11 +166,12 @@ pub fn selector(instance: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::credentials::Secret;
 
-    fn cred(token: &str, expires: Option<&str>) -> Credential {
+    /// An IAM login issued 2026-11-29T08:00:00Z.
+    pub(crate) fn cred(token: &str, expires: Option<&str>) -> Credential {
         Credential::login(
             "iam",
             Secret::new(token),
@@ -180,8 +181,14 @@ mod tests {
         .unwrap()
     }
 
-    fn hosts() -> Vec<String> {
+    /// Both Yandex hosts.
+    pub(crate) fn hosts() -> Vec<String> {
         vec!["cr.yandex".into(), "registry.yandexcloud.net".into()]
+    }
+
+    /// The desired Secret `ns/s` of registry `yandex` for a token.
+    fn desired_for(token: &str, expires: Option<&str>) -> Desired {
+        desired("psi", "ns", "s", "yandex", &hosts(), &cred(token, expires))
     }
 
     #[test]
@@ -224,14 +231,7 @@ mod tests {
 
     #[test]
     fn observed_digest_equals_desired_digest_for_the_same_secret() {
-        let d = desired(
-            "psi",
-            "ns",
-            "s",
-            "yandex",
-            &hosts(),
-            &cred("t1", Some("2026-11-29T20:00:00Z")),
-        );
+        let d = desired_for("t1", Some("2026-11-29T20:00:00Z"));
         let mut stored = d.secret.clone();
         stored.metadata.uid = Some("u".into());
         stored.metadata.resource_version = Some("1".into());
@@ -245,31 +245,10 @@ mod tests {
 
     #[test]
     fn any_change_to_what_we_own_changes_the_digest() {
-        let base = desired(
-            "psi",
-            "ns",
-            "s",
-            "yandex",
-            &hosts(),
-            &cred("t1", Some("2026-11-29T20:00:00Z")),
-        );
-        let other_token = desired(
-            "psi",
-            "ns",
-            "s",
-            "yandex",
-            &hosts(),
-            &cred("t2", Some("2026-11-29T20:00:00Z")),
-        );
-        let other_expiry = desired(
-            "psi",
-            "ns",
-            "s",
-            "yandex",
-            &hosts(),
-            &cred("t1", Some("2026-11-29T21:00:00Z")),
-        );
-        let static_ = desired("psi", "ns", "s", "yandex", &hosts(), &cred("t1", None));
+        let base = desired_for("t1", Some("2026-11-29T20:00:00Z"));
+        let other_token = desired_for("t2", Some("2026-11-29T20:00:00Z"));
+        let other_expiry = desired_for("t1", Some("2026-11-29T21:00:00Z"));
+        let static_ = desired_for("t1", None);
         assert_ne!(base.digest, other_token.digest);
         assert_ne!(base.digest, other_expiry.digest);
         assert_ne!(base.digest, static_.digest);
@@ -287,14 +266,7 @@ mod tests {
 
     #[test]
     fn debug_of_desired_never_shows_the_token() {
-        let d = desired(
-            "psi",
-            "ns",
-            "s",
-            "yandex",
-            &hosts(),
-            &cred("super-secret-token", None),
-        );
+        let d = desired_for("super-secret-token", None);
         assert!(!format!("{d:?}").contains("super-secret-token"));
     }
 }
