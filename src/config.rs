@@ -906,7 +906,7 @@ registries:
     secretName: a
     credentials: { basic: { username: u, passwordFile: /p } }
   - name: b
-    hosts: ["https://cr.yandex"]
+    hosts: ["[abc]:5000"]
     secretName: b
     credentials: { basic: { username: u, passwordFile: /p } }
 "#,
@@ -914,7 +914,7 @@ registries:
         assert_eq!(errs.len(), 1, "{errs:?}");
         assert!(
             errs[0].starts_with(
-                r#"registries[1].hosts[0]: "https://cr.yandex" is not a host pattern"#
+                r#"registries[1].hosts[0]: "[abc]:5000" is not an auths key kubelet can use"#
             ),
             "{errs:?}"
         );

@@ -13,8 +13,8 @@
 //! it fails. It never panics, whatever the input: non-ASCII input is rejected before any
 //! byte-level work, and the input is only ever sliced at ASCII delimiters.
 //!
-//! Where this parser differs from distribution/reference is listed on [`parse`]; every
-//! difference is one where the outcome for the webhook (inject a secret or not) is the same.
+//! It accepts exactly the references kubelet accepts and names them as kubelet does; the
+//! differential test `tests/kubelet_oracle.rs` holds it to that against kubelet's own code.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -159,7 +159,9 @@ pub struct ImageRef<'a> {
 
 /// Parses an image reference (what a Pod's `image` field holds).
 ///
-/// Follows distribution/reference's `ParseNormalizedNamed`, which kubelet uses:
+/// Follows distribution/reference v0.6.0's `ParseNormalizedNamed`, which kubelet runs every
+/// image through before it looks up credentials, and accepts exactly the references it
+/// accepts (`tests/kubelet_oracle.rs` checks this against kubelet's own code):
 ///
 /// * The text before the first `/` is the registry when it contains `.` or `:`, is
 ///   `localhost`, or contains an uppercase letter; otherwise the image is on `docker.io`.
@@ -168,26 +170,19 @@ pub struct ImageRef<'a> {
 /// * `index.docker.io` is written as `docker.io`; a single-component Docker Hub path gets
 ///   `library/`.
 /// * Registry: DNS-like labels `[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?` separated by `.`, or an
-///   IPv6 address in brackets, then an optional `:port` (digits).
+///   IPv6 address in brackets (hex digits and `:`), then an optional `:port` (digits). A first
+///   component taken for a registry that fails this but is a valid path component
+///   (`foo_bar.com/app`) makes the whole name a path with no domain in distribution; kubelet
+///   still looks up credentials for the host `foo_bar.com`, and so is it read here.
 /// * Path components: `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`, separated by `/`.
-/// * Tag: `[\w][\w.-]{0,127}`. Digest: `algorithm:hex`, algorithm
-///   `[A-Za-z][A-Za-z0-9]*([-_+.][A-Za-z][A-Za-z0-9]*)*`; `sha256`, `sha384` and `sha512`
-///   need exactly 64, 96 and 128 lowercase hex digits (as go-digest checks), any other
-///   algorithm at least 32 hex digits (as the grammar says). A tag and a digest may both be
+/// * Tag: `[\w][\w.-]{0,127}`. Digest: `sha256`, `sha384` or `sha512` with exactly 64, 96 or
+///   128 lowercase hex digits: go-digest calls any other algorithm unsupported, even where the
+///   grammar allows it, and kubelet then refuses the image. A tag and a digest may both be
 ///   present.
 /// * The normalised repository path (including an implied `library/`) is at most 255
-///   characters. The registry host does not count: distribution/reference v0.6.0 made that
-///   change; older docker/distribution counted it. Accepting the longer names is the safe
-///   side, since refusing a name kubelet accepts would withhold a secret the pull needs.
-///
-/// Differences from distribution/reference, none of which changes whether a secret is used:
-///
-/// * A first component that is taken to be a registry but is not a valid host (for example
-///   `foo_bar.com/app`) is an error here. distribution then re-reads it as a path with an
-///   empty domain; kubelet would look up credentials for the host `foo_bar.com`, which no
-///   host pattern can name.
-/// * Digests with algorithms go-digest does not know are accepted when they fit the grammar;
-///   kubelet refuses them, so such a pull fails whatever secrets the Pod has.
+///   characters; for a name with no domain (`foo_bar.com/app`) that is the whole name. The
+///   registry host does not count: distribution/reference v0.6.0 made that change; older
+///   docker/distribution counted it.
 pub fn parse(s: &str) -> Result<ImageRef<'_>, ImageError> {
     ImageRef::parse(s)
 }
@@ -213,17 +208,26 @@ impl<'a> ImageRef<'a> {
             Some((first, rest)) if looks_like_domain(first) => (Some(first), rest),
             _ => (None, s),
         };
-        let (registry, host, port) = match written_domain {
-            None | Some(LEGACY_DEFAULT_REGISTRY) => (DEFAULT_REGISTRY, DEFAULT_REGISTRY, None),
-            Some(domain) => {
-                let (host, port) =
-                    split_domain(domain).map_err(|reason| ImageError::InvalidDomain {
+        // `bare`: the first component failed the domain grammar but is a valid path component
+        // (`foo_bar.com/app`). distribution then parses the whole name as a path with no
+        // domain; kubelet still looks up credentials for the host `foo_bar.com`.
+        let (registry, host, port, bare) = match written_domain {
+            None | Some(LEGACY_DEFAULT_REGISTRY) => {
+                (DEFAULT_REGISTRY, DEFAULT_REGISTRY, None, false)
+            }
+            Some(domain) => match split_domain(domain) {
+                Ok((host, port)) => (domain, host, port, false),
+                Err(_) if check_path_component(domain.as_bytes(), 0) == Ok(domain.len()) => {
+                    (domain, domain, None, true)
+                }
+                Err(reason) => {
+                    return Err(ImageError::InvalidDomain {
                         image: excerpt(s),
                         domain: excerpt(domain),
                         reason,
-                    })?;
-                (domain, host, port)
-            }
+                    });
+                }
+            },
         };
 
         // Neither the path nor a tag may contain '@' or ':', so the first of each splits.
@@ -251,7 +255,11 @@ impl<'a> ImageRef<'a> {
             reason,
         })?;
         let official = !multi_component && registry == DEFAULT_REGISTRY;
-        let len = path.len() + if official { OFFICIAL_PREFIX.len() } else { 0 };
+        let len = match (official, bare) {
+            (true, _) => OFFICIAL_PREFIX.len() + path.len(),
+            (false, true) => registry.len() + 1 + path.len(),
+            (false, false) => path.len(),
+        };
         if len > MAX_PATH_LEN {
             return Err(ImageError::PathTooLong {
                 image: excerpt(s),
@@ -324,6 +332,14 @@ impl<'a> ImageRef<'a> {
             Some(rest) => self.path.starts_with(rest),
             None => OFFICIAL_PREFIX.starts_with(prefix),
         }
+    }
+
+    /// Whether kubelet would fall back to Docker Hub credentials (an `index.docker.io` key) for
+    /// this image when no other key matches it: `isDefaultRegistryMatch` of
+    /// `pkg/credentialprovider`, which holds for Docker Hub images and for every registry
+    /// without `.` or `:` (`localhost/app`, `Registry/app`).
+    pub fn docker_hub_fallback_applies(&self) -> bool {
+        self.registry == DEFAULT_REGISTRY || !self.registry.contains(['.', ':'])
     }
 
     /// The tag, if one was written. No `latest` is invented.
@@ -518,54 +534,21 @@ fn check_tag(tag: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// `algorithm:hex`, with go-digest's exact lengths for the algorithms it knows.
+/// `algorithm:hex` as go-digest validates it in a binary that links the SHA-2 hashes, as
+/// kubelet does: `sha256`, `sha384` or `sha512` with exactly 64, 96 or 128 lowercase hex
+/// digits. Any other algorithm, even one the grammar allows, is "unsupported".
 fn check_digest(digest: &str) -> Result<(), &'static str> {
     let Some((algorithm, hex)) = split_at_byte(digest, b':') else {
         return Err("a digest is 'algorithm:hex'");
     };
-    check_digest_algorithm(algorithm)?;
-    let exact = match algorithm {
-        "sha256" => Some((64, "sha256 needs exactly 64 lowercase hex digits")),
-        "sha384" => Some((96, "sha384 needs exactly 96 lowercase hex digits")),
-        "sha512" => Some((128, "sha512 needs exactly 128 lowercase hex digits")),
-        _ => None,
+    let (len, why) = match algorithm {
+        "sha256" => (64, "sha256 needs exactly 64 lowercase hex digits"),
+        "sha384" => (96, "sha384 needs exactly 96 lowercase hex digits"),
+        "sha512" => (128, "sha512 needs exactly 128 lowercase hex digits"),
+        _ => return Err("the digest algorithm is not sha256, sha384 or sha512"),
     };
-    let valid = match exact {
-        Some((len, _)) => hex.len() == len && hex.bytes().all(is_lower_hex),
-        None => hex.len() >= 32 && hex.bytes().all(|b| b.is_ascii_hexdigit()),
-    };
-    if !valid {
-        return Err(exact.map_or("a digest needs at least 32 hex digits", |(_, why)| why));
-    }
-    Ok(())
-}
-
-/// `[A-Za-z][A-Za-z0-9]*([-_+.][A-Za-z][A-Za-z0-9]*)*`
-fn check_digest_algorithm(algorithm: &str) -> Result<(), &'static str> {
-    if algorithm.is_empty() {
-        return Err("empty digest algorithm");
-    }
-    let mut part_start = true;
-    for &b in algorithm.as_bytes() {
-        let ok = if matches!(b, b'-' | b'_' | b'+' | b'.') {
-            let ok = !part_start;
-            part_start = true;
-            ok
-        } else if part_start {
-            part_start = false;
-            b.is_ascii_alphabetic()
-        } else {
-            b.is_ascii_alphanumeric()
-        };
-        if !ok {
-            return Err(
-                "a digest algorithm is letters and digits, starting with a letter, \
-                        in parts joined by single '-', '_', '+' or '.'",
-            );
-        }
-    }
-    if part_start {
-        return Err("a digest algorithm cannot end with a separator");
+    if hex.len() != len || !hex.bytes().all(is_lower_hex) {
+        return Err(why);
     }
     Ok(())
 }

@@ -1,118 +1,121 @@
 //! Host patterns and the image -> registry entries lookup, with kubelet's matching rules.
 //!
-//! A pull secret helps only if kubelet uses it. kubelet picks credentials by matching each
-//! `auths` key of a Pod's pull secrets against the image's normalised name
-//! (`pkg/credentialprovider/keyring.go`, `URLsMatch`): same port (both absent or the same
-//! digits), same number of host labels with each label a `filepath.Match` glob, and the
-//! key's path a plain string prefix of the repository path. The webhook matches the same
-//! way, and the pattern's text is the `auths` key the sync task writes, so a Pod gets a
-//! secret exactly when kubelet would use that secret for one of its images.
+//! A pull secret helps only if kubelet uses it, and kubelet picks credentials by reading each
+//! `auths` key of a Pod's pull Secrets and matching it against the image's normalised name
+//! (`pkg/credentialprovider/keyring.go`). A host pattern's text is the `auths` key the sync
+//! task writes, so the webhook reads each pattern exactly as kubelet reads that key
+//! (`registry/kubelet.rs`, a port of what Go's URL parser does to it) and matches images as
+//! kubelet's `Lookup` does. `tests/kubelet_oracle.rs` checks every rule here against kubelet's
+//! own code, on more than 100,000 generated cases per run.
 //!
-//! Consequences worth knowing (each has a test):
+//! What kubelet does, and so what a pattern means (each has a test):
 //!
-//! * The path prefix is a string prefix, not a path-component prefix: `cr.yandex/crp1`
-//!   matches `cr.yandex/crp12/app`. End the pattern with `/` (`cr.yandex/crp1/`) to match
-//!   whole components only; kubelet honours the slash the same way.
-//! * Nothing is lowercased. kubelet compares hosts case-sensitively, so `CR.yandex` does not
-//!   match `cr.yandex/app`; neither does it here.
-//! * `*` in a label matches any run of characters within that label only: `*.example.com`
-//!   matches `a.example.com`, not `a.b.example.com` nor `example.com`.
-//! * `docker.io` and `index.docker.io` both match Docker Hub images. kubelet matches the
-//!   former directly and uses an `index.docker.io` key as the Docker Hub fallback (only when
-//!   no other key of the same keyring matched; the webhook cannot know which other secrets
-//!   a Pod will end up with, so it always counts it as a match). kubelet also applies that
-//!   fallback to single-label hosts such as `localhost/app`; that quirk is not copied, since
-//!   Docker Hub credentials cannot help a pull from another host.
+//! * A key may carry `https://` or `http://` and a `/v1/` or `/v2/` path prefix; both are
+//!   ignored, and so is a trailing `/` (`https://index.docker.io/v1/` is `index.docker.io`).
+//! * The port must be equal (`cr.yandex:443` is not `cr.yandex`; `05000` is not `5000`).
+//! * The host has the same number of `.`-separated labels, each a glob where `*` matches any
+//!   run of characters within the label: `*.example.com` matches `a.example.com`, not
+//!   `a.b.example.com` nor `example.com`. Nothing is lowercased: `CR.yandex` only matches
+//!   images written `CR.yandex/...`.
+//! * A path is a plain string prefix of the repository: `cr.yandex/crp1` also matches
+//!   `cr.yandex/crp12/app`; `cr.yandex/crp1/` matches whole components only.
+//! * An `index.docker.io` key is kubelet's Docker Hub fallback: it is used for an image only
+//!   when no other key of the Pod's pull Secrets matches it, and then for Docker Hub images
+//!   and for images on hosts without `.` or `:` (`localhost/app`, `Registry/app`).
+//!   [`Registries::matching`] applies that rule across all configured registries.
 //!
-//! Config must be unambiguous, so patterns that kubelet would read differently from how they
-//! look are refused with an error naming the value, rather than accepted and never matching:
-//! URL schemes, `?` and `[...]` globs (a `?` starts a URL query in kubelet's parser, and
-//! brackets break its port split), a path starting with `v1/` or `v2/` (kubelet strips it),
-//! `index.docker.io` with a port or path (kubelet's fallback ignores such keys), and a
-//! bracketed IPv6 host without a port (kubelet then compares the brackets as a glob
-//! character class, which never matches).
+//! The config refuses a pattern only when kubelet would never use it for any image (it
+//! ignores the key, or no image name can match it), when kubelet would use it only for
+//! images on one-character hosts (a bracketed IPv6 host without a port), or when kubelet
+//! reads it as a simpler key that means the same (a `?query`, `#fragment`, `user@` or
+//! `%`-escape it drops or decodes). Every refusal says which, in a message that names the
+//! pattern and what to write instead; everything else is honoured exactly as kubelet does.
 //!
-//! Both this and [`crate::image`] are pure and allocation-free per lookup: an image is parsed
+//! Both this and [`crate::image`] are pure, and a lookup does not allocate: an image is parsed
 //! once into borrowed slices, then tested against every pattern of every entry.
 
 use std::fmt;
 use std::iter::FusedIterator;
 use std::str::FromStr;
 
-use crate::image::{DEFAULT_REGISTRY, ImageError, ImageRef, LEGACY_DEFAULT_REGISTRY};
+use crate::image::{ImageError, ImageRef, LEGACY_DEFAULT_REGISTRY};
 
-/// Why a host pattern from the config was refused. Every message quotes the pattern.
+mod kubelet;
+
+use kubelet::{Glob, Reading};
+
+/// Why a host pattern from the config was refused. Every message quotes the pattern and
+/// says what kubelet would do with it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PatternError {
     /// The pattern is the empty string.
     #[error("empty host pattern")]
     Empty,
-    /// The pattern contains whitespace.
-    #[error("host pattern {pattern:?} contains whitespace")]
-    Whitespace {
-        /// The refused pattern.
-        pattern: String,
-    },
-    /// The pattern is a URL (`https://cr.yandex`) rather than a host.
+    /// kubelet ignores the key: Go's URL parser refuses it.
     #[error(
-        "{pattern:?} is not a host pattern: remove the {scheme:?} scheme and write host[:port][/path]"
+        "{pattern:?} is not an auths key kubelet can use: it ignores the key ({reason}); {hint}"
     )]
-    Scheme {
+    Ignored {
         /// The refused pattern.
         pattern: String,
-        /// The scheme found before `://`.
-        scheme: String,
+        /// Why Go's URL parser refuses it.
+        reason: String,
+        /// What to write instead.
+        hint: String,
     },
-    /// A host label is empty or holds characters other than letters, digits, `-` and `*`.
-    #[error("host pattern {pattern:?} has an invalid host label {label:?}: {reason}")]
-    InvalidLabel {
+    /// kubelet keeps the key but no image name can match it.
+    #[error("kubelet would never use auths key {pattern:?} for any image: {reason}")]
+    NeverMatches {
         /// The refused pattern.
         pattern: String,
-        /// The offending label.
-        label: String,
-        /// What is wrong with it.
-        reason: &'static str,
+        /// Why nothing matches, and what to write instead.
+        reason: String,
     },
-    /// A bracketed IPv6 host is malformed or lacks the port kubelet needs to match it.
-    #[error("host pattern {pattern:?} has an invalid IPv6 host: {reason}")]
-    InvalidIpv6 {
-        /// The refused pattern.
-        pattern: String,
-        /// What is wrong with it.
-        reason: &'static str,
-    },
-    /// The port is empty or not digits.
+    /// A bracketed IPv6 host without a port, which kubelet compares as a glob character class.
     #[error(
-        "host pattern {pattern:?} has an invalid port {port:?}: the port must be one or more digits"
+        "kubelet would use auths key {pattern:?} only for images on a one-character host: without a port it compares the bracketed host as a glob character class, not as an IPv6 address; add the port ({pattern}:443)"
     )]
-    InvalidPort {
+    CharacterClass {
         /// The refused pattern.
         pattern: String,
-        /// The text after the `:`.
-        port: String,
     },
-    /// The path prefix is malformed or would be read differently by kubelet.
-    #[error("host pattern {pattern:?} has an invalid path {path:?}: {reason}")]
-    InvalidPath {
+    /// kubelet reads the key as a simpler one with the same meaning.
+    #[error("kubelet reads auths key {pattern:?} as {reading:?} ({why}); write {reading:?}")]
+    ReadAs {
         /// The refused pattern.
         pattern: String,
-        /// The text after the first `/`.
-        path: String,
-        /// What is wrong with it.
-        reason: &'static str,
-    },
-    /// `index.docker.io` with a port or path, which kubelet never matches.
-    #[error(
-        "host pattern {pattern:?}: kubelet uses index.docker.io keys only without a port or path; write docker.io instead"
-    )]
-    LegacyDockerHub {
-        /// The refused pattern.
-        pattern: String,
+        /// The key kubelet reads it as, which the config accepts.
+        reading: String,
+        /// What kubelet drops or decodes.
+        why: &'static str,
     },
 }
 
-/// A registry host pattern from the config, `host[:port][/path/prefix]`, with `*` globs
-/// allowed in host labels (`*.example.com`, `cr-*.example.com`).
+/// What kubelet does with a refused pattern, as its [`PatternError`] says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KubeletUse<'a> {
+    /// kubelet never uses the key for any image.
+    Never,
+    /// kubelet uses the key only for images whose registry host is one character long.
+    OneCharacterHosts,
+    /// kubelet uses the key exactly as it would use this (accepted) pattern.
+    SameAs(&'a str),
+}
+
+impl PatternError {
+    /// What kubelet would do with the refused pattern.
+    pub fn kubelet_use(&self) -> KubeletUse<'_> {
+        match self {
+            Self::Empty | Self::Ignored { .. } | Self::NeverMatches { .. } => KubeletUse::Never,
+            Self::CharacterClass { .. } => KubeletUse::OneCharacterHosts,
+            Self::ReadAs { reading, .. } => KubeletUse::SameAs(reading),
+        }
+    }
+}
+
+/// A registry host pattern from the config: an `auths` key as kubelet reads it,
+/// `[https://]host[:port][/path]` with `*` globs in host labels (`*.example.com`,
+/// `cr-*.example.com`).
 ///
 /// Its text, unchanged, is the `auths` key to write in a `.dockerconfigjson`
 /// ([`auth_key`](Self::auth_key), also [`Display`](fmt::Display)). Deserialises from and
@@ -121,101 +124,80 @@ pub enum PatternError {
 pub struct HostPattern {
     /// The pattern as written; also the `auths` key.
     raw: String,
-    /// The host as kubelet compares it: IPv6 without brackets (a port is always present then).
+    /// The key kubelet stores it under (host as parsed, plus the path without `/v1`, `/v2`).
+    key: String,
+    /// The host as kubelet compares it: without IPv6 brackets, without the port.
     host: String,
     /// Number of `.`-separated labels in `host`.
     labels: usize,
+    /// The port; `None` also for an empty one (`cr.yandex:`), as kubelet compares them.
     port: Option<String>,
+    /// The repository path prefix (the key's path after its leading `/`).
     path: Option<String>,
-    /// `index.docker.io` alone: kubelet's Docker Hub fallback key.
+    /// The key is `index.docker.io`: kubelet's Docker Hub fallback key.
     docker_hub_fallback: bool,
 }
 
 impl HostPattern {
-    /// Parses a config host pattern; see the module docs for what is refused and why.
+    /// Parses a config host pattern: reads it as kubelet reads the `auths` key and refuses
+    /// it when kubelet would never use it, would use it only for one-character hosts, or
+    /// reads it as a simpler key (see the module docs).
     pub fn parse(s: &str) -> Result<HostPattern, PatternError> {
-        let pattern = || s.to_owned();
         if s.is_empty() {
             return Err(PatternError::Empty);
         }
-        if s.chars().any(char::is_whitespace) {
-            return Err(PatternError::Whitespace { pattern: pattern() });
-        }
-        if let Some((scheme, _)) = s.split_once("://") {
-            return Err(PatternError::Scheme {
-                pattern: pattern(),
-                scheme: scheme.to_owned(),
-            });
-        }
-
-        let (authority, path) = match s.split_once('/') {
-            Some((authority, path)) => (authority, Some(path)),
-            None => (s, None),
-        };
-
-        let (host, port) = if let Some(inner_and_rest) = authority.strip_prefix('[') {
-            let ipv6 = |reason| PatternError::InvalidIpv6 {
-                pattern: pattern(),
-                reason,
-            };
-            let Some((inner, rest)) = inner_and_rest.split_once(']') else {
-                return Err(ipv6("'[' without a closing ']'"));
-            };
-            if inner.is_empty() || !inner.bytes().all(|b| b.is_ascii_hexdigit() || b == b':') {
-                return Err(ipv6(
-                    "an IPv6 address in brackets may hold only hex digits and ':'",
-                ));
-            }
-            let Some(port) = rest.strip_prefix(':') else {
-                return Err(ipv6(if rest.is_empty() {
-                    "kubelet never matches a bracketed IPv6 host without a port; add the port"
-                } else {
-                    "only ':port' may follow an IPv6 address"
-                }));
-            };
-            (inner, Some(port))
-        } else {
-            let (host, port) = match authority.split_once(':') {
-                Some((host, port)) => (host, Some(port)),
-                None => (authority, None),
-            };
-            for label in host.split('.') {
-                check_label(label).map_err(|reason| PatternError::InvalidLabel {
+        let pattern = || s.to_owned();
+        let (key, glob) = match kubelet::read(s) {
+            Reading::Ignored(reason) => {
+                return Err(PatternError::Ignored {
                     pattern: pattern(),
-                    label: label.to_owned(),
+                    hint: ignored_hint(s),
                     reason,
-                })?;
+                });
             }
-            (host, port)
+            Reading::Unparsable { key, error } => {
+                return Err(PatternError::NeverMatches {
+                    pattern: pattern(),
+                    reason: format!(
+                        "it stores the key as {} and cannot parse that back ({error})",
+                        kubelet::quote(&key)
+                    ),
+                });
+            }
+            Reading::Glob { key, glob } => (key, glob),
         };
-
-        if let Some(port) = port
-            && (port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()))
-        {
-            return Err(PatternError::InvalidPort {
+        let docker_hub_fallback = key == LEGACY_DEFAULT_REGISTRY.as_bytes();
+        if glob.host.first() == Some(&b'[') {
+            if glob.host.contains(&b'.') {
+                return Err(PatternError::NeverMatches {
+                    pattern: pattern(),
+                    reason: "without a port kubelet compares the bracketed host as a glob, and an IPv6 address with dots is a malformed one; add the port".into(),
+                });
+            }
+            return Err(PatternError::CharacterClass { pattern: pattern() });
+        }
+        if !docker_hub_fallback && let Some(reason) = never_matches(s, &glob) {
+            return Err(PatternError::NeverMatches {
                 pattern: pattern(),
-                port: port.to_owned(),
+                reason,
             });
         }
-        if let Some(path) = path {
-            check_path(path).map_err(|reason| PatternError::InvalidPath {
+        if let Some((reading, why)) = simpler_reading(s, &key) {
+            return Err(PatternError::ReadAs {
                 pattern: pattern(),
-                path: path.to_owned(),
-                reason,
-            })?;
+                reading,
+                why,
+            });
         }
-
-        let docker_hub_fallback = host == LEGACY_DEFAULT_REGISTRY;
-        if docker_hub_fallback && (port.is_some() || path.is_some()) {
-            return Err(PatternError::LegacyDockerHub { pattern: pattern() });
-        }
-
+        let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+        let path = glob.path.split_first().map(|(_slash, rest)| text(rest));
         Ok(HostPattern {
             raw: s.to_owned(),
-            host: host.to_owned(),
-            labels: host.split('.').count(),
-            port: port.map(str::to_owned),
-            path: path.map(str::to_owned),
+            key: text(&key),
+            labels: glob.host.iter().filter(|&&b| b == b'.').count() + 1,
+            host: text(&glob.host),
+            port: (!glob.port.is_empty()).then(|| text(&glob.port)),
+            path,
             docker_hub_fallback,
         })
     }
@@ -226,22 +208,38 @@ impl HostPattern {
         &self.raw
     }
 
+    /// The key kubelet stores this pattern under once it has read it: without a scheme, a
+    /// `/v1` or `/v2` path prefix or a trailing `/`. Two patterns with the same stored key
+    /// match the same images.
+    pub fn kubelet_key(&self) -> &str {
+        &self.key
+    }
+
     /// The port, if the pattern has one; an image matches only with the same port.
     pub fn port(&self) -> Option<&str> {
         self.port.as_deref()
     }
 
-    /// The repository path prefix (text after the first `/`), if any.
+    /// The repository path prefix (text after the host's `/`), if any.
     pub fn path_prefix(&self) -> Option<&str> {
         self.path.as_deref()
     }
 
-    /// Whether kubelet would use credentials stored under this pattern for `image`.
+    /// Whether this is kubelet's Docker Hub fallback key (`index.docker.io`, possibly with a
+    /// scheme and `/v1/`): used for an image only when no other key of the Pod's Secrets
+    /// matches it (see [`ImageRef::docker_hub_fallback_applies`]).
+    pub fn is_docker_hub_fallback(&self) -> bool {
+        self.docker_hub_fallback
+    }
+
+    /// Whether kubelet matches this key to `image` directly, as `URLsMatch` does (the
+    /// Docker Hub fallback, which depends on the other keys, is [`Registries::matching`]'s).
     pub fn matches(&self, image: &ImageRef<'_>) -> bool {
-        if self.docker_hub_fallback {
-            return image.registry() == DEFAULT_REGISTRY;
-        }
-        if self.port.as_deref() != image.port() {
+        Target::of(image).is_some_and(|t| self.matches_target(&t, image))
+    }
+
+    fn matches_target(&self, target: &Target<'_>, image: &ImageRef<'_>) -> bool {
+        if self.port.as_deref() != target.port || self.labels != target.labels {
             return false;
         }
         if let Some(path) = &self.path
@@ -249,12 +247,8 @@ impl HostPattern {
         {
             return false;
         }
-        let host = kubelet_host(image).as_bytes();
-        if host.iter().filter(|&&b| b == b'.').count() + 1 != self.labels {
-            return false;
-        }
         let globs = self.host.as_bytes().split(|&b| b == b'.');
-        let labels = host.split(|&b| b == b'.');
+        let labels = target.host.as_bytes().split(|&b| b == b'.');
         globs
             .zip(labels)
             .all(|(glob, label)| glob_match(glob, label))
@@ -296,69 +290,160 @@ impl serde::Serialize for HostPattern {
     }
 }
 
-/// The image's host as kubelet's `SplitURL` sees it: Go's `net.SplitHostPort` strips IPv6
-/// brackets when there is a port; without one the brackets stay.
-fn kubelet_host<'a>(image: &ImageRef<'a>) -> &'a str {
-    let host = image.host();
-    if image.port().is_some()
-        && let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']'))
+/// What to write instead of a key kubelet ignores.
+fn ignored_hint(raw: &str) -> String {
+    let authority = raw
+        .strip_prefix("https://")
+        .or_else(|| raw.strip_prefix("http://"))
+        .unwrap_or(raw);
+    if let Some(inner) = authority.strip_prefix('[')
+        && let Some((inside, rest)) = inner.split_once(']')
     {
-        return inner;
-    }
-    host
-}
-
-/// A host label: letters, digits, `-` and `*`; a label without `*` must also be a valid
-/// domain label, and no label may start or end with `-` (it could never match).
-fn check_label(label: &str) -> Result<(), &'static str> {
-    if label.is_empty() {
-        return Err("empty label (a leading, trailing or doubled '.')");
-    }
-    if label.contains(['?', '[', ']']) {
-        return Err(
-            "only '*' globs are supported: kubelet reads '?' as the start of a URL query and '[' breaks its port split",
+        return format!(
+            "brackets are for IPv6 addresses only; for the host {inside:?} write {:?}",
+            [inside, rest].concat()
         );
     }
-    if !label
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'*')
+    "write host[:port][/path], with '*' for any run of characters within one host label".into()
+}
+
+/// Why no image name can ever match `glob` (read from `raw`), if that is so.
+///
+/// Every reason rests on what image names kubelet looks up can hold (the grammar in
+/// [`crate::image`]): hosts are DNS-like labels, IPv6 literals or, for names with no domain,
+/// lowercase path components; repository paths are lowercase components.
+fn never_matches(raw: &str, glob: &Glob) -> Option<String> {
+    let host = String::from_utf8_lossy(&glob.host);
+    let path = String::from_utf8_lossy(&glob.path);
+    let rest = raw
+        .strip_prefix("https://")
+        .or_else(|| raw.strip_prefix("http://"))
+        .unwrap_or(raw);
+    if let Some((scheme, _)) = rest.split_once("://")
+        && scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
     {
-        return Err("labels hold only letters, digits, '-' and '*'");
+        return Some(format!(
+            "kubelet understands only the https:// and http:// schemes and reads it as the host {host:?} with the path {path:?}; remove {:?}",
+            format!("{scheme}://")
+        ));
     }
-    if label.starts_with('-') || label.ends_with('-') {
-        return Err("a label cannot start or end with '-'");
+    for label in glob.host.split(|&b| b == b'.') {
+        let label_text = String::from_utf8_lossy(label);
+        if label.is_empty() {
+            return Some(format!(
+                "its host {host:?} has an empty label, and image hosts have none"
+            ));
+        }
+        if let Some(c) = label_text
+            .chars()
+            .find(|&c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | ':' | ']' | '-' | '*')))
+        {
+            return Some(format!(
+                "no image's registry host contains {c:?}; write letters, digits, '-' and '*' globs"
+            ));
+        }
+        if !label.contains(&b'*') && (label.starts_with(b"-") || label.ends_with(b"-")) {
+            return Some(format!(
+                "the host label {label_text:?} starts or ends with '-', which no image's host label does"
+            ));
+        }
     }
-    Ok(())
+    if let Some(rest) = glob.path.strip_prefix(b"/") {
+        if let Some(c) = String::from_utf8_lossy(rest).chars().find(|&c| {
+            !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-' | '/'))
+        }) {
+            return Some(format!(
+                "repository paths hold only lowercase letters, digits, '.', '_', '-' and '/', and its path {path:?} has {c:?}"
+            ));
+        }
+        // A prefix of a repository path: whole components, then the start of one; every
+        // component is non-empty and starts with a letter or digit.
+        let parts: Vec<&[u8]> = rest.split(|&b| b == b'/').collect();
+        let bad = parts.iter().enumerate().any(|(i, part)| {
+            (part.is_empty() && i + 1 < parts.len())
+                || part.first().is_some_and(|b| !b.is_ascii_alphanumeric())
+        });
+        if bad {
+            return Some(format!(
+                "repository path components are non-empty and start with a letter or digit, and its path {path:?} has one that does not"
+            ));
+        }
+    } else if !glob.path.is_empty() {
+        return Some(format!("its path {path:?} does not start with '/'"));
+    }
+    if glob.host == LEGACY_DEFAULT_REGISTRY.as_bytes() && glob.port.is_empty() {
+        return Some(format!(
+            "images on Docker Hub are named docker.io/..., and kubelet's Docker Hub fallback needs the key to be exactly index.docker.io; write \"docker.io{path}\""
+        ));
+    }
+    if glob.port.is_empty()
+        && !glob.host.contains(&b'.')
+        && !glob.host.contains(&b'*')
+        && !glob.host.iter().any(u8::is_ascii_uppercase)
+        && glob.host != b"localhost"
+    {
+        return Some(format!(
+            "an image whose first component has no '.' or ':' and is not localhost is a Docker Hub image ({host}/app is docker.io/{host}/app); add the port or the domain"
+        ));
+    }
+    None
 }
 
-/// A repository path prefix: lowercase letters, digits, `.`, `_`, `-` in non-empty
-/// components, with at most a single trailing `/`.
-fn check_path(path: &str) -> Result<(), &'static str> {
-    if path.is_empty() {
-        return Err("empty path after '/'; write the host alone");
+/// The simpler key kubelet reads `raw` as, when `raw` holds a `#fragment`, `?query`, user
+/// info or `%`-escape that kubelet drops or decodes and that key means the same.
+fn simpler_reading(raw: &str, key: &[u8]) -> Option<(String, &'static str)> {
+    let why = if raw.contains('#') {
+        "kubelet ignores everything from '#'"
+    } else if raw.contains('?') {
+        "kubelet ignores everything from '?'"
+    } else if raw.contains('@') {
+        "kubelet ignores the user info before '@'"
+    } else if raw.contains('%') {
+        "kubelet decodes %-escapes"
+    } else {
+        return None;
+    };
+    let reading = String::from_utf8(key.to_vec()).ok()?;
+    if reading.contains(['#', '?', '@', '%']) || reading.chars().any(char::is_whitespace) {
+        return None;
     }
-    if path.starts_with("v1/") || path.starts_with("v2/") {
-        return Err(
-            "kubelet strips a leading v1/ or v2/ from auths keys, so this path would mean something else",
-        );
-    }
-    if path.bytes().any(|b| b.is_ascii_uppercase()) {
-        return Err("repository paths are lowercase, so this would never match");
-    }
-    if !path.bytes().all(|b| {
-        b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-' | b'/')
-    }) {
-        return Err("a path holds only lowercase letters, digits, '.', '_', '-' and '/'");
-    }
-    let body = path.strip_suffix('/').unwrap_or(path);
-    if body.split('/').any(str::is_empty) {
-        return Err("empty path component (a leading or doubled '/')");
-    }
-    Ok(())
+    let same = HostPattern::parse(&reading).is_ok_and(|p| p.key == reading);
+    same.then_some((reading, why))
 }
 
-/// Go's `filepath.Match` for patterns whose only metacharacter is `*` (any run of bytes,
-/// including none). Iterative, with one backtrack point: linear in practice, no recursion.
+/// The image's name as kubelet's `URLsMatch` sees it. `None` when Go's URL parser refuses
+/// the name (a bracketed host that is not an IPv6 address): then no key matches it.
+#[derive(Debug, Clone, Copy)]
+struct Target<'i> {
+    /// The host after `net.SplitHostPort`: IPv6 brackets go only when there is a port.
+    host: &'i str,
+    port: Option<&'i str>,
+    labels: usize,
+}
+
+impl<'i> Target<'i> {
+    fn of(image: &ImageRef<'i>) -> Option<Self> {
+        let mut host = image.host();
+        if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            kubelet::parse_ipv6(inner.as_bytes()).ok()?;
+            if image.port().is_some() {
+                host = inner;
+            }
+        }
+        Some(Target {
+            host,
+            port: image.port(),
+            labels: host.bytes().filter(|&b| b == b'.').count() + 1,
+        })
+    }
+}
+
+/// Go's `filepath.Match` for the patterns the config accepts, whose only metacharacter is
+/// `*` (any run of bytes, including none); labels never hold the `/` it stops at. Iterative,
+/// with one backtrack point: linear in practice, no recursion.
 fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
     let (mut p, mut t) = (0, 0);
     let mut backtrack: Option<(usize, usize)> = None;
@@ -385,6 +470,66 @@ fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
     pattern[p..].iter().all(|&b| b == b'*')
 }
 
+/// Why a docker config file's `auths` keys do not fit the registry's `hosts`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "its auths keys must be the registry's hosts as kubelet reads them, since kubelet uses the Secret for the images its keys match and the webhook injects it for the images the hosts match: {}",
+    problems.join("; ")
+)]
+pub struct AuthsKeysError {
+    /// Each key or host that does not fit, with what to do about it.
+    pub problems: Vec<String>,
+}
+
+/// Checks that the `auths` keys of a docker config file that is copied into the registry's
+/// Secret as is (`dockerConfig` credentials) are, as kubelet reads them, exactly the
+/// registry's `hosts`: then the webhook injects the Secret for exactly the images kubelet
+/// will use it for. Keys kubelet never uses (it ignores them, or no image can match them)
+/// need not be listed.
+pub fn check_auths_keys<'k>(
+    hosts: &[HostPattern],
+    keys: impl IntoIterator<Item = &'k str>,
+) -> Result<(), AuthsKeysError> {
+    let mut problems = Vec::new();
+    let mut used: Vec<String> = Vec::new();
+    for key in keys {
+        let stored = match HostPattern::parse(key) {
+            Ok(p) => p.key,
+            Err(e) => match e.kubelet_use() {
+                KubeletUse::Never => continue,
+                KubeletUse::SameAs(reading) => match HostPattern::parse(reading) {
+                    Ok(p) => p.key,
+                    Err(e) => {
+                        problems.push(format!("the key {key:?} cannot be a host: {e}"));
+                        continue;
+                    }
+                },
+                KubeletUse::OneCharacterHosts => {
+                    problems.push(format!("the key {key:?} cannot be a host: {e}"));
+                    continue;
+                }
+            },
+        };
+        if !hosts.iter().any(|h| h.key == stored) {
+            problems.push(format!("add the key {key:?} to hosts"));
+        }
+        used.push(stored);
+    }
+    for (i, h) in hosts.iter().enumerate() {
+        if !used.contains(&h.key) {
+            problems.push(format!(
+                "hosts[{i}] {:?} is not a key of the file; remove it or add it to the file",
+                h.raw
+            ));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(AuthsKeysError { problems })
+    }
+}
+
 /// One configured registry: the Secret that holds its credentials and the host patterns its
 /// images are recognised by.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -392,6 +537,8 @@ pub struct RegistryEntry {
     name: String,
     secret_name: String,
     hosts: Vec<HostPattern>,
+    /// One of the patterns is kubelet's Docker Hub fallback key.
+    docker_hub_fallback: bool,
 }
 
 impl RegistryEntry {
@@ -405,6 +552,7 @@ impl RegistryEntry {
         RegistryEntry {
             name: name.into(),
             secret_name: secret_name.into(),
+            docker_hub_fallback: hosts.iter().any(HostPattern::is_docker_hub_fallback),
             hosts,
         }
     }
@@ -424,9 +572,14 @@ impl RegistryEntry {
         &self.hosts
     }
 
-    /// Whether any of the entry's patterns matches `image`.
+    /// Whether one of the entry's patterns matches `image` directly (not counting the Docker
+    /// Hub fallback, which depends on the other entries: see [`Registries::matching`]).
     pub fn matches(&self, image: &ImageRef<'_>) -> bool {
         self.hosts.iter().any(|h| h.matches(image))
+    }
+
+    fn matches_target(&self, target: &Target<'_>, image: &ImageRef<'_>) -> bool {
+        self.hosts.iter().any(|h| h.matches_target(target, image))
     }
 }
 
@@ -447,17 +600,23 @@ impl Registries {
         &self.entries
     }
 
-    /// Every entry that matches the already-parsed `image`, in config order.
+    /// Every entry whose Secret kubelet would use for the already-parsed `image` if the Pod
+    /// had all of them, in config order: the entries one of whose patterns matches it, or,
+    /// when none does, the entries with kubelet's Docker Hub fallback key if the fallback
+    /// applies to the image.
     pub fn matching<'r, 'i>(&'r self, image: ImageRef<'i>) -> Matches<'r, 'i> {
         Matches {
-            entries: self.entries.iter(),
+            entries: &self.entries,
+            next: 0,
+            phase: Phase::Direct { found: false },
+            target: Target::of(&image),
             image,
         }
     }
 
-    /// Parses `image` once and returns every entry that matches it, in config order. An image
-    /// that does not parse matches nothing; the error says why, for the caller to count and
-    /// log at debug.
+    /// Parses `image` once and returns every entry that matches it, as
+    /// [`matching`](Self::matching) does. An image that does not parse matches nothing; the
+    /// error says why, for the caller to count and log at debug.
     pub fn match_image<'r, 'i>(&'r self, image: &'i str) -> Result<Matches<'r, 'i>, ImageError> {
         Ok(self.matching(ImageRef::parse(image)?))
     }
@@ -467,8 +626,22 @@ impl Registries {
 /// [`Registries::matching`]. Lazy and allocation-free.
 #[derive(Debug, Clone)]
 pub struct Matches<'r, 'i> {
-    entries: std::slice::Iter<'r, RegistryEntry>,
+    entries: &'r [RegistryEntry],
+    next: usize,
+    phase: Phase,
+    target: Option<Target<'i>>,
     image: ImageRef<'i>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Phase {
+    /// Entries whose patterns match the image; `found` once one did.
+    Direct {
+        found: bool,
+    },
+    /// No pattern matched: entries with the Docker Hub fallback key.
+    Fallback,
+    Done,
 }
 
 impl<'i> Matches<'_, 'i> {
@@ -482,12 +655,42 @@ impl<'r> Iterator for Matches<'r, '_> {
     type Item = &'r RegistryEntry;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let image = &self.image;
-        self.entries.find(|e| e.matches(image))
+        loop {
+            let entries = self.entries;
+            match self.phase {
+                Phase::Direct { found } => {
+                    if let Some(target) = &self.target {
+                        while let Some(e) = entries.get(self.next) {
+                            self.next += 1;
+                            if e.matches_target(target, &self.image) {
+                                self.phase = Phase::Direct { found: true };
+                                return Some(e);
+                            }
+                        }
+                    }
+                    self.next = 0;
+                    self.phase = if !found && self.image.docker_hub_fallback_applies() {
+                        Phase::Fallback
+                    } else {
+                        Phase::Done
+                    };
+                }
+                Phase::Fallback => {
+                    while let Some(e) = entries.get(self.next) {
+                        self.next += 1;
+                        if e.docker_hub_fallback {
+                            return Some(e);
+                        }
+                    }
+                    self.phase = Phase::Done;
+                }
+                Phase::Done => return None,
+            }
+        }
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        (0, self.entries.size_hint().1)
+        (0, Some(self.entries.len()))
     }
 }
 

@@ -162,7 +162,7 @@ fn invalid_config_exits_1_naming_the_file_and_field() {
     let config = write(
         dir.path(),
         "config.yaml",
-        &CONFIG.replace("\"cr.yandex\"", "\"https://cr.yandex\""),
+        &CONFIG.replace("\"cr.yandex\"", "\"[abc]:5000\""),
     );
     for cmd in ["check", "run"] {
         let (code, _, err) = run(bin().args([cmd, "--config"]).arg(&config), None);
@@ -172,7 +172,9 @@ fn invalid_config_exits_1_naming_the_file_and_field() {
             "{cmd}: {err}"
         );
         assert!(
-            err.contains("registries[0].hosts[0]: \"https://cr.yandex\" is not a host pattern"),
+            err.contains(
+                "registries[0].hosts[0]: \"[abc]:5000\" is not an auths key kubelet can use"
+            ),
             "{cmd}: {err}"
         );
     }
@@ -205,4 +207,49 @@ fn missing_config_flag_is_a_usage_error() {
     let (code, _, err) = run(bin().arg("check"), None);
     assert_eq!(code, 2);
     assert!(err.contains("--config"), "{err}");
+}
+
+#[test]
+fn docker_config_keys_must_be_the_registry_hosts() {
+    let dir = tempfile::tempdir().unwrap();
+    let docker = write(
+        dir.path(),
+        "dockerconfig.json",
+        r#"{"auths":{"https://ghcr.io":{"auth":"dXNlcjpzZWNyZXQ="}}}"#,
+    );
+    let config = |hosts: &str| {
+        write(
+            dir.path(),
+            "config.yaml",
+            &format!(
+                "registries:\n  - name: ghcr\n    hosts: {hosts}\n    secretName: ghcr\n    credentials:\n      dockerConfig: {{ file: {} }}\n",
+                docker.display()
+            ),
+        )
+    };
+    // kubelet reads "https://ghcr.io" as "ghcr.io": the same key.
+    let (code, out, err) = run(
+        bin().arg("check").arg("--config").arg(config("[ghcr.io]")),
+        None,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("registry ghcr: ok"), "{out}");
+
+    // The webhook would inject for ghcr.io/org/ images only; kubelet uses it for all of ghcr.io.
+    let (code, out, _) = run(
+        bin()
+            .arg("check")
+            .arg("--config")
+            .arg(config("[ghcr.io/org/]")),
+        None,
+    );
+    assert_eq!(code, 1, "{out}");
+    for part in [
+        "registry ghcr: FAILED",
+        &docker.display().to_string(),
+        "add the key \"https://ghcr.io\" to hosts",
+        "hosts[0] \"ghcr.io/org/\" is not a key of the file",
+    ] {
+        assert!(out.contains(part), "{part:?} not in {out}");
+    }
 }

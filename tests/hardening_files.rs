@@ -238,7 +238,7 @@ fn broken_config_files_stop_run_and_check_naming_the_file_and_the_problem() {
     );
     let bad_values = s.write(
         "bad-values.yaml",
-        "webhook: { listen: \"nowhere\" }\nsync: { refreshInterval: 1s, maxWritesPerSecond: 0 }\nregistries:\n  - name: a\n    hosts: [\"https://cr.yandex\"]\n    secretName: Not_A_Name\n    credentials: {}\n",
+        "webhook: { listen: \"nowhere\" }\nsync: { refreshInterval: 1s, maxWritesPerSecond: 0 }\nregistries:\n  - name: a\n    hosts: [\"[abc]:5000\"]\n    secretName: Not_A_Name\n    credentials: {}\n",
     );
     let wrong_type = s.write(
         "wrong-type.yaml",
@@ -311,7 +311,7 @@ fn broken_config_files_stop_run_and_check_naming_the_file_and_the_problem() {
                 "\"nowhere\"".into(),
                 "sync.refreshInterval: 1s is too short (minimum 10s)".into(),
                 "sync.maxWritesPerSecond: must be at least 1".into(),
-                "registries[0].hosts[0]: \"https://cr.yandex\" is not a host pattern".into(),
+                "registries[0].hosts[0]: \"[abc]:5000\" is not an auths key kubelet can use".into(),
                 "registries[0].secretName: \"Not_A_Name\" is not a valid Secret name".into(),
                 "registries[0].credentials".into(),
             ],

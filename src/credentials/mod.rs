@@ -30,6 +30,7 @@ use tokio::io::AsyncReadExt;
 
 use crate::config::{CredentialSource, check_endpoint};
 use crate::dockerconfig;
+use crate::registry::HostPattern;
 
 pub use self::http::{HttpClient, HttpOptions, MAX_BODY_BYTES};
 pub use self::secret::{Secret, SecretBytes};
@@ -342,6 +343,8 @@ fn fingerprint_key() -> &'static hmac::Key {
 pub struct Provider {
     source: CredentialSource,
     http: HttpClient,
+    /// The registry's hosts, which a `dockerConfig` file's `auths` keys must be (when given).
+    hosts: Option<Vec<HostPattern>>,
 }
 
 impl Provider {
@@ -358,7 +361,17 @@ impl Provider {
         Ok(Self {
             source: source.clone(),
             http: http.clone(),
+            hosts: None,
         })
+    }
+
+    /// The same provider for a registry with these host patterns. A `dockerConfig` file's
+    /// `auths` keys must then be those hosts as kubelet reads them
+    /// ([`crate::registry::check_auths_keys`]), or reading it fails; other sources write the
+    /// hosts as the keys and are unaffected.
+    pub fn for_hosts(mut self, registry_hosts: &[HostPattern]) -> Self {
+        self.hosts = Some(registry_hosts.to_vec());
+        self
     }
 
     /// The config key of the source (`yandexAuthorizedKey`, `basic`...).
@@ -423,7 +436,9 @@ impl Provider {
             }
             CredentialSource::YandexJsonKey(f) => static_::json_key(&f.file).await,
             CredentialSource::Basic(b) => static_::basic(&b.username, &b.password_file).await,
-            CredentialSource::DockerConfig(f) => static_::docker_config(&f.file).await,
+            CredentialSource::DockerConfig(f) => {
+                static_::docker_config(&f.file, self.hosts.as_deref()).await
+            }
         }
     }
 }

@@ -6,6 +6,9 @@ use std::path::Path;
 
 use jiff::Timestamp;
 
+use crate::dockerconfig;
+use crate::registry::{HostPattern, check_auths_keys};
+
 use super::{
     Credential, CredentialError, JSON_KEY_USERNAME, Secret, bad_file, fingerprint_of, read_file,
     yandex_key,
@@ -43,11 +46,21 @@ pub(crate) async fn basic(username: &str, file: &Path) -> Result<Credential, Cre
     )
 }
 
-/// A whole `.dockerconfigjson`, used as is once it parses as one with `auths`.
-pub(crate) async fn docker_config(file: &Path) -> Result<Credential, CredentialError> {
+/// A whole `.dockerconfigjson`, used as is once it parses as one with `auths` and, when the
+/// registry's `hosts` are given, its keys are those hosts as kubelet reads them.
+pub(crate) async fn docker_config(
+    file: &Path,
+    hosts: Option<&[HostPattern]>,
+) -> Result<Credential, CredentialError> {
     const WHAT: &str = "docker config file";
     let bytes = read_file(WHAT, file).await?;
     let fingerprint = fingerprint_of(file, &bytes);
+    if let Some(hosts) = hosts
+        && let Ok(config) = dockerconfig::parse(&bytes)
+    {
+        check_auths_keys(hosts, config.auths.keys().map(String::as_str))
+            .map_err(|e| bad_file(WHAT, file, e.to_string()))?;
+    }
     Ok(Credential::docker_config(bytes, Timestamp::now())
         .map_err(|e| bad_file(WHAT, file, e.to_string()))?
         .with_fingerprint(fingerprint))

@@ -235,17 +235,27 @@ fn cases() -> Vec<(&'static str, String, Want)> {
             ok_digest("example.com", "app", None, &sha512),
         ),
         (
-            "other_algorithm_with_32_hex_digits_is_accepted",
-            format!(
-                "example.com/app@multihash+base58:{}",
-                "ABCDEF0123456789".repeat(2)
-            ),
+            "sha384_digest",
+            format!("example.com/app@sha384:{}", "ab".repeat(48)),
             ok_digest(
                 "example.com",
                 "app",
                 None,
-                &format!("multihash+base58:{}", "ABCDEF0123456789".repeat(2)),
+                &format!("sha384:{}", "ab".repeat(48)),
             ),
+        ),
+        (
+            "algorithm_go_digest_does_not_know_is_rejected_as_kubelet_does",
+            format!(
+                "example.com/app@multihash+base58:{}",
+                "ABCDEF0123456789".repeat(2)
+            ),
+            Want::Err("InvalidDigest"),
+        ),
+        (
+            "uppercase_sha256_algorithm_is_rejected",
+            format!("nginx@SHA256:{}", &SHA256[7..]),
+            Want::Err("InvalidDigest"),
         ),
         (
             "sha256_digest_of_63_hex_digits_is_rejected",
@@ -370,9 +380,29 @@ fn cases() -> Vec<(&'static str, String, Want)> {
             Want::Err("InvalidDomain"),
         ),
         (
-            "domain_label_with_underscore_is_rejected",
+            "underscore_host_is_a_name_without_domain_read_as_kubelet_does",
             "foo_bar.com/app".into(),
+            ok("foo_bar.com", "app", None),
+        ),
+        (
+            "underscore_host_with_digest",
+            format!("a_b.example.com/team/app@{SHA256}"),
+            ok_digest("a_b.example.com", "team/app", None, SHA256),
+        ),
+        (
+            "underscore_host_with_port_is_rejected",
+            "foo_bar.com:5000/app".into(),
             Want::Err("InvalidDomain"),
+        ),
+        (
+            "uppercase_underscore_host_is_rejected",
+            "Foo_bar.com/app".into(),
+            Want::Err("InvalidDomain"),
+        ),
+        (
+            "name_without_domain_counts_the_host_in_its_length",
+            format!("foo_bar.com/{}", "a".repeat(244)),
+            Want::Err("PathTooLong"),
         ),
         (
             "domain_label_starting_with_dash_is_rejected",
@@ -602,7 +632,7 @@ fn digest() -> impl Strategy<Value = String> {
     prop_oneof![
         "sha256:[0-9a-f]{64}",
         "sha512:[0-9a-f]{128}",
-        "[a-z]{1,4}([+._-][a-z][a-z0-9]{0,3})?:[0-9a-fA-F]{32,40}",
+        "sha384:[0-9a-f]{96}",
     ]
 }
 

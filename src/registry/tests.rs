@@ -180,28 +180,84 @@ const MATCH_CASES: &[(&str, &str, &str, bool)] = &[
         "index.docker.io/bitnami/redis",
         true,
     ),
+    // kubelet never matches an index.docker.io key directly: Docker Hub images are named
+    // docker.io/...; the key is the fallback (registries_table).
     (
-        "index_docker_io_matches_bare_name",
+        "index_docker_io_key_does_not_match_directly",
         "index.docker.io",
         "nginx:1.25",
-        true,
-    ),
-    (
-        "index_docker_io_matches_explicit_docker_io",
-        "index.docker.io",
-        "docker.io/bitnami/redis",
-        true,
-    ),
-    (
-        "index_docker_io_does_not_match_other_registries",
-        "index.docker.io",
-        "cr.yandex/app",
         false,
     ),
     (
-        "index_docker_io_does_not_match_localhost",
-        "index.docker.io",
-        "localhost/app",
+        "index_docker_io_with_port_matches_images_written_with_it",
+        "index.docker.io:443",
+        "index.docker.io:443/team/app",
+        true,
+    ),
+    (
+        "https_scheme_is_ignored",
+        "https://cr.yandex",
+        "cr.yandex/crp1/app",
+        true,
+    ),
+    (
+        "http_scheme_and_v2_prefix_are_ignored",
+        "http://cr.yandex/v2/crp1",
+        "cr.yandex/crp1/app",
+        true,
+    ),
+    (
+        "v1_prefix_is_ignored",
+        "cr.yandex/v1/crp1/",
+        "cr.yandex/crp12/app",
+        false,
+    ),
+    (
+        "trailing_slash_alone_is_the_host",
+        "cr.yandex/",
+        "cr.yandex/crp1/app",
+        true,
+    ),
+    (
+        "empty_port_is_no_port",
+        "cr.yandex:",
+        "cr.yandex/crp1/app",
+        true,
+    ),
+    (
+        "underscore_host_matches_the_image_written_with_it",
+        "foo_bar.com",
+        "foo_bar.com/app",
+        true,
+    ),
+    (
+        "glob_matches_underscore_host",
+        "*.com",
+        "foo_bar.com/app",
+        true,
+    ),
+    (
+        "glob_matches_underscore_label_with_digest",
+        "*.example.com",
+        "a_b.example.com/app@sha256:7cc4b5aefd1d0cadf8d97d4350462ba51c694ebca145b08d7d41b41acc8db5aa",
+        true,
+    ),
+    (
+        "single_glob_matches_ipv6_without_port_brackets_and_all",
+        "*",
+        "[::1]/app",
+        true,
+    ),
+    (
+        "ipv6_host_is_compared_as_text",
+        "[::1]:5000",
+        "[0:0::1]:5000/app",
+        false,
+    ),
+    (
+        "nothing_matches_a_bracketed_host_go_does_not_parse",
+        "*:5000",
+        "[1]:5000/app",
         false,
     ),
     (
@@ -328,179 +384,176 @@ const PARSE_ERROR_CASES: &[(&str, &str, &str, &str)] = &[
         "empty host pattern",
     ),
     (
-        "https_scheme_is_refused",
-        "https://cr.yandex",
-        "Scheme",
-        "\"https://cr.yandex\" is not a host pattern",
-    ),
-    (
-        "http_scheme_with_path_is_refused",
-        "http://cr.yandex/v2/",
-        "Scheme",
-        "\"http\"",
-    ),
-    (
-        "leading_space_is_refused",
+        "space_in_host_is_ignored_by_kubelet",
         " cr.yandex",
-        "Whitespace",
-        "\" cr.yandex\"",
+        "Ignored",
+        "invalid character \" \" in host name",
     ),
     (
-        "inner_tab_is_refused",
+        "control_character_is_ignored_by_kubelet",
         "cr.\tyandex",
-        "Whitespace",
-        "\"cr.\\tyandex\"",
+        "Ignored",
+        "invalid control character in URL",
     ),
     (
-        "empty_label_is_refused",
-        "cr..yandex",
-        "InvalidLabel",
-        "\"cr..yandex\"",
-    ),
-    (
-        "trailing_dot_is_refused",
-        "cr.yandex.",
-        "InvalidLabel",
-        "\"cr.yandex.\"",
-    ),
-    (
-        "leading_dot_is_refused",
-        ".cr.yandex",
-        "InvalidLabel",
-        "\".cr.yandex\"",
-    ),
-    (
-        "underscore_label_is_refused",
-        "my_reg.example.com",
-        "InvalidLabel",
-        "\"my_reg\"",
-    ),
-    (
-        "label_ending_in_dash_is_refused",
-        "cr-.yandex",
-        "InvalidLabel",
-        "\"cr-\"",
-    ),
-    (
-        "question_mark_glob_is_refused",
-        "cr?.example.com",
-        "InvalidLabel",
-        "\"cr?\"",
-    ),
-    (
-        "character_class_glob_is_refused",
+        "character_class_is_ignored_by_kubelet",
         "cr[0-9].example.com",
-        "InvalidLabel",
-        "\"cr[0-9]\"",
+        "Ignored",
+        "invalid IP-literal",
     ),
     (
-        "unicode_label_is_refused",
-        "реестр.example.com",
-        "InvalidLabel",
-        "\"реестр\"",
-    ),
-    (
-        "empty_port_is_refused",
-        "cr.yandex:",
-        "InvalidPort",
-        "\"cr.yandex:\"",
-    ),
-    (
-        "named_port_is_refused",
+        "named_port_is_ignored_by_kubelet",
         "cr.yandex:https",
-        "InvalidPort",
-        "\"https\"",
+        "Ignored",
+        "invalid port \":https\" after host",
     ),
     (
-        "second_colon_is_refused",
+        "second_colon_is_ignored_by_kubelet",
         "cr.yandex:443:1",
-        "InvalidPort",
-        "\"443:1\"",
+        "Ignored",
+        "invalid port \":443:1\" after host",
     ),
     (
-        "ipv6_without_port_is_refused",
-        "[::1]",
-        "InvalidIpv6",
-        "add the port",
-    ),
-    (
-        "unclosed_ipv6_is_refused",
+        "unclosed_bracket_is_ignored_by_kubelet",
         "[::1:5000",
-        "InvalidIpv6",
-        "\"[::1:5000\"",
+        "Ignored",
+        "missing ']' in host",
     ),
     (
-        "ipv6_glob_is_refused",
+        "bracketed_non_ipv6_is_ignored_by_kubelet",
+        "[abc]:5000",
+        "Ignored",
+        "write \"abc:5000\"",
+    ),
+    (
+        "bracketed_glob_is_ignored_by_kubelet",
         "[*]:5000",
-        "InvalidIpv6",
-        "\"[*]:5000\"",
+        "Ignored",
+        "for the host \"*\" write \"*:5000\"",
     ),
     (
-        "empty_path_is_refused",
-        "cr.yandex/",
-        "InvalidPath",
-        "\"cr.yandex/\"",
+        "bad_escape_is_ignored_by_kubelet",
+        "cr.yandex/a%zz",
+        "Ignored",
+        "invalid URL escape \"%zz\"",
     ),
     (
-        "double_slash_path_is_refused",
+        "empty_label_never_matches",
+        "cr..yandex",
+        "NeverMatches",
+        "empty label",
+    ),
+    (
+        "trailing_dot_never_matches",
+        "cr.yandex.",
+        "NeverMatches",
+        "empty label",
+    ),
+    (
+        "label_ending_in_dash_never_matches",
+        "cr-.yandex",
+        "NeverMatches",
+        "starts or ends with '-'",
+    ),
+    (
+        "question_mark_starts_a_query",
+        "cr?.example.com",
+        "NeverMatches",
+        "cr/app is docker.io/cr/app",
+    ),
+    (
+        "unicode_label_never_matches",
+        "реестр.example.com",
+        "NeverMatches",
+        "contains 'р'",
+    ),
+    (
+        "double_slash_path_never_matches",
         "cr.yandex//crp1",
-        "InvalidPath",
-        "\"/crp1\"",
+        "NeverMatches",
+        "path components are non-empty",
     ),
     (
-        "inner_double_slash_path_is_refused",
+        "inner_double_slash_path_never_matches",
         "cr.yandex/a//b",
-        "InvalidPath",
-        "\"a//b\"",
+        "NeverMatches",
+        "\"/a//b\"",
     ),
     (
-        "uppercase_path_is_refused",
+        "uppercase_path_never_matches",
         "cr.yandex/CRP1",
-        "InvalidPath",
-        "\"CRP1\"",
+        "NeverMatches",
+        "has 'C'",
     ),
     (
-        "glob_in_path_is_refused",
+        "glob_in_path_never_matches",
         "cr.yandex/crp*",
-        "InvalidPath",
-        "\"crp*\"",
+        "NeverMatches",
+        "has '*'",
     ),
     (
-        "v2_path_is_refused",
-        "cr.yandex/v2/crp1",
-        "InvalidPath",
-        "\"v2/crp1\"",
-    ),
-    (
-        "v1_root_path_is_refused",
-        "index.docker.io/v1/",
-        "InvalidPath",
-        "\"v1/\"",
-    ),
-    (
-        "legacy_docker_hub_with_path_is_refused",
+        "legacy_docker_hub_with_path_never_matches",
         "index.docker.io/library",
-        "LegacyDockerHub",
-        "write docker.io",
+        "NeverMatches",
+        "write \"docker.io/library\"",
     ),
     (
-        "legacy_docker_hub_with_port_is_refused",
-        "index.docker.io:443",
-        "LegacyDockerHub",
-        "\"index.docker.io:443\"",
+        "other_scheme_never_matches",
+        "ftp://cr.yandex",
+        "NeverMatches",
+        "remove \"ftp://\"",
+    ),
+    (
+        "single_lowercase_label_is_a_docker_hub_name",
+        "registry",
+        "NeverMatches",
+        "registry/app is docker.io/registry/app",
+    ),
+    (
+        "ipv6_zone_never_matches",
+        "[fe80::1%25eth0]:5000",
+        "NeverMatches",
+        "cannot parse that back",
+    ),
+    (
+        "ipv6_without_port_is_a_character_class",
+        "[::1]",
+        "CharacterClass",
+        "add the port ([::1]:443)",
+    ),
+    (
+        "user_info_is_dropped",
+        "robot@cr.yandex",
+        "ReadAs",
+        "as \"cr.yandex\"",
+    ),
+    (
+        "query_is_dropped",
+        "cr.yandex/crp1?tag=1",
+        "ReadAs",
+        "write \"cr.yandex/crp1\"",
+    ),
+    (
+        "fragment_is_dropped",
+        "cr.yandex#x y",
+        "ReadAs",
+        "ignores everything from '#'",
+    ),
+    (
+        "escapes_are_decoded",
+        "cr.yandex/cr%70",
+        "ReadAs",
+        "as \"cr.yandex/crp\"",
     ),
 ];
 
 fn variant(e: &PatternError) -> &'static str {
     match e {
         PatternError::Empty => "Empty",
-        PatternError::Whitespace { .. } => "Whitespace",
-        PatternError::Scheme { .. } => "Scheme",
-        PatternError::InvalidLabel { .. } => "InvalidLabel",
-        PatternError::InvalidIpv6 { .. } => "InvalidIpv6",
-        PatternError::InvalidPort { .. } => "InvalidPort",
-        PatternError::InvalidPath { .. } => "InvalidPath",
-        PatternError::LegacyDockerHub { .. } => "LegacyDockerHub",
+        PatternError::Ignored { .. } => "Ignored",
+        PatternError::NeverMatches { .. } => "NeverMatches",
+        PatternError::CharacterClass { .. } => "CharacterClass",
+        PatternError::ReadAs { .. } => "ReadAs",
     }
 }
 
@@ -528,6 +581,34 @@ fn parse_error_table() {
 }
 
 #[test]
+fn a_refusal_says_what_kubelet_does_with_the_pattern() {
+    let use_of = |s: &str| {
+        HostPattern::parse(s)
+            .expect_err(s)
+            .kubelet_use()
+            .to_owned_use()
+    };
+    assert_eq!(use_of("[abc]:5000"), "never");
+    assert_eq!(use_of("cr.yandex/CRP1"), "never");
+    assert_eq!(use_of("[::1]"), "one-character hosts");
+    assert_eq!(use_of("robot@cr.yandex:443/crp1"), "as cr.yandex:443/crp1");
+}
+
+trait ToOwnedUse {
+    fn to_owned_use(&self) -> String;
+}
+
+impl ToOwnedUse for KubeletUse<'_> {
+    fn to_owned_use(&self) -> String {
+        match self {
+            KubeletUse::Never => "never".into(),
+            KubeletUse::OneCharacterHosts => "one-character hosts".into(),
+            KubeletUse::SameAs(p) => format!("as {p}"),
+        }
+    }
+}
+
+#[test]
 fn valid_patterns_keep_their_text_as_the_auth_key() {
     for s in [
         "cr.yandex",
@@ -543,6 +624,14 @@ fn valid_patterns_keep_their_text_as_the_auth_key() {
         "docker.io/library",
         "cr.yandex/v2",
         "*",
+        "https://cr.yandex",
+        "http://cr.yandex/v2/crp1",
+        "cr.yandex/",
+        "cr.yandex:",
+        "https://index.docker.io/v1/",
+        "index.docker.io:443",
+        "foo_bar.com",
+        "CR.yandex",
     ] {
         let p = pattern(s);
         assert_eq!(p.auth_key(), s);
@@ -561,15 +650,35 @@ fn pattern_parts_are_exposed() {
 }
 
 #[test]
+fn kubelet_key_drops_scheme_version_prefix_and_trailing_slash() {
+    for (raw, key, fallback) in [
+        ("cr.yandex", "cr.yandex", false),
+        ("https://cr.yandex/", "cr.yandex", false),
+        ("cr.yandex/v2/crp1", "cr.yandex/crp1", false),
+        ("cr.yandex/v2crp1", "cr.yandex/v2crp1", false),
+        ("https://index.docker.io/v1/", "index.docker.io", true),
+        ("index.docker.io/v2/", "index.docker.io", true),
+        ("index.docker.io:443", "index.docker.io:443", false),
+        ("[::1]:5000", "[::1]:5000", false),
+    ] {
+        let p = pattern(raw);
+        assert_eq!(p.kubelet_key(), key, "{raw}");
+        assert_eq!(p.is_docker_hub_fallback(), fallback, "{raw}");
+        assert_eq!(p.auth_key(), raw);
+    }
+    assert_eq!(pattern("cr.yandex:").port(), None);
+    assert_eq!(pattern("cr.yandex/v2/crp1/").path_prefix(), Some("crp1/"));
+}
+
+#[test]
 fn host_pattern_deserialises_from_a_string_and_reports_bad_ones() {
     let hosts: Vec<HostPattern> =
         serde_json::from_str(r#"["cr.yandex", "*.example.com:5000"]"#).expect("valid");
     assert_eq!(hosts[1].auth_key(), "*.example.com:5000");
-    let err = serde_json::from_str::<Vec<HostPattern>>(r#"["https://cr.yandex"]"#)
-        .expect_err("scheme");
+    let err = serde_json::from_str::<Vec<HostPattern>>(r#"["[abc]:5000"]"#).expect_err("not IPv6");
     assert!(
         err.to_string()
-            .contains("\"https://cr.yandex\" is not a host pattern"),
+            .contains("\"[abc]:5000\" is not an auths key kubelet can use"),
         "{err}"
     );
     assert_eq!(
@@ -658,16 +767,30 @@ fn registries_table() {
             &["corp-secret"],
         ),
         (
-            "docker_hub_image_gets_both_docker_hub_entries",
+            "docker_hub_image_gets_the_docker_io_entry_not_the_fallback",
             "nginx",
-            &["hub-secret", "hub-legacy-secret"],
+            &["hub-secret"],
         ),
         (
             "ipv6_image_gets_local_secret",
             "[::1]:5000/app",
             &["local-secret"],
         ),
-        ("localhost_without_port_gets_nothing", "localhost/app", &[]),
+        (
+            "single_label_host_gets_the_docker_hub_fallback_as_in_kubelet",
+            "localhost/app",
+            &["hub-legacy-secret"],
+        ),
+        (
+            "uppercase_single_label_host_gets_the_fallback_too",
+            "Registry/app",
+            &["hub-legacy-secret"],
+        ),
+        (
+            "host_with_a_port_gets_no_fallback",
+            "localhost:5001/app",
+            &[],
+        ),
         ("unconfigured_registry_gets_nothing", "quay.io/org/app", &[]),
     ];
     let regs = registries();
@@ -675,6 +798,87 @@ fn registries_table() {
         let got = secrets_for(&regs, img).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(got, want, "{name}");
     }
+}
+
+#[test]
+fn docker_hub_fallback_applies_when_no_other_key_matches() {
+    let hub_legacy = || {
+        RegistryEntry::new(
+            "legacy",
+            "legacy",
+            vec![pattern("https://index.docker.io/v1/")],
+        )
+    };
+    let only_fallback = Registries::new(vec![hub_legacy()]);
+    for (img, want) in [
+        ("nginx", true),
+        ("docker.io/library/nginx", true),
+        ("index.docker.io/team/app", true),
+        ("localhost/app", true),
+        ("Registry/app", true),
+        ("registry-1.docker.io/library/nginx", false),
+        ("localhost:5000/app", false),
+        ("[::1]/app", false),
+        ("foo_bar.com/app", false),
+    ] {
+        let got = secrets_for(&only_fallback, img).unwrap_or_else(|e| panic!("{img}: {e}"));
+        assert_eq!(got == ["legacy"], want, "{img}");
+    }
+    // Any direct match, of any entry, takes the fallback away.
+    let with_glob = Registries::new(vec![
+        hub_legacy(),
+        RegistryEntry::new("glob", "glob", vec![pattern("*.io")]),
+    ]);
+    assert_eq!(secrets_for(&with_glob, "nginx").unwrap(), ["glob"]);
+    assert_eq!(
+        secrets_for(&with_glob, "localhost/app").unwrap(),
+        ["legacy"]
+    );
+    // An entry with both keys matches once.
+    let both = Registries::new(vec![RegistryEntry::new(
+        "hub",
+        "hub",
+        vec![pattern("docker.io"), pattern("index.docker.io")],
+    )]);
+    assert_eq!(secrets_for(&both, "nginx").unwrap(), ["hub"]);
+    assert_eq!(secrets_for(&both, "localhost/app").unwrap(), ["hub"]);
+}
+
+#[test]
+fn docker_config_keys_must_be_the_hosts_as_kubelet_reads_them() {
+    let hosts = |list: &[&str]| list.iter().map(|h| pattern(h)).collect::<Vec<_>>();
+    let check = |h: &[&str], keys: &[&str]| check_auths_keys(&hosts(h), keys.iter().copied());
+    assert_eq!(check(&["ghcr.io"], &["ghcr.io"]), Ok(()));
+    assert_eq!(
+        check(
+            &["index.docker.io", "ghcr.io"],
+            &["https://index.docker.io/v1/", "https://ghcr.io"]
+        ),
+        Ok(())
+    );
+    // Keys kubelet never uses need not be hosts.
+    assert_eq!(
+        check(&["ghcr.io"], &["ghcr.io", "[abc]:5000", "cr.yandex/CRP"]),
+        Ok(())
+    );
+    // A key kubelet reads as another one counts as that one.
+    assert_eq!(check(&["ghcr.io"], &["robot@ghcr.io"]), Ok(()));
+
+    let e = check(&["ghcr.io/org/"], &["ghcr.io"])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("add the key \"ghcr.io\" to hosts"), "{e}");
+    assert!(
+        e.contains("hosts[0] \"ghcr.io/org/\" is not a key of the file"),
+        "{e}"
+    );
+    let e = check(&["ghcr.io"], &["ghcr.io", "[::1]"])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("the key \"[::1]\" cannot be a host: kubelet would use"),
+        "{e}"
+    );
 }
 
 #[test]

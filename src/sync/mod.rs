@@ -92,7 +92,7 @@ pub fn registries(
                 r.entry.name(),
                 r.entry.secret_name(),
                 hosts.collect(),
-                Provider::new(&r.credentials, http)?,
+                Provider::new(&r.credentials, http)?.for_hosts(r.entry.hosts()),
             ))
         })
         .collect()
