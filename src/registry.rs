@@ -396,13 +396,13 @@ fn never_matches(raw: &str, glob: &Glob) -> Option<String> {
 /// info or `%`-escape that kubelet drops or decodes and that key means the same.
 fn simpler_reading(raw: &str, key: &[u8]) -> Option<(String, &'static str)> {
     let why = if raw.contains('#') {
-        "kubelet ignores everything from '#'"
+        "it ignores everything from '#'"
     } else if raw.contains('?') {
-        "kubelet ignores everything from '?'"
+        "it ignores everything from '?'"
     } else if raw.contains('@') {
-        "kubelet ignores the user info before '@'"
+        "it ignores the user info before '@'"
     } else if raw.contains('%') {
-        "kubelet decodes %-escapes"
+        "it decodes %-escapes"
     } else {
         return None;
     };
