@@ -15,21 +15,13 @@ set -euo pipefail
 HELM_VERSION=${PSI_HELM_VERSION:-3.22.0}
 CACHE_DIR=${XDG_CACHE_HOME:-$HOME/.cache}/pullsecret-injector
 LOG_DIR=$CACHE_DIR/logs
+# shellcheck source=scripts/lib/kube-module.sh
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib/kube-module.sh"
 
 say() { printf 'install-tools: %s\n' "$*" >&2; }
 die() {
     say "ERROR: $*"
     exit 1
-}
-
-find_go() {
-    if command -v go >/dev/null 2>&1; then
-        command -v go
-    elif [[ -x /usr/local/go/bin/go ]]; then
-        echo /usr/local/go/bin/go
-    else
-        return 1
-    fi
 }
 
 install_helm() {

@@ -530,16 +530,23 @@ fn used_by(registries: &Registries, image: &ImageRef<'_>) -> BTreeSet<usize> {
         .collect()
 }
 
-/// The config with these registries (static credentials) is accepted exactly when every
-/// host pattern is, and a refusal carries the pattern's message.
-fn check_config(hosts: &[Vec<String>], report: &mut Report, case: &Case) {
+/// A config with one registry per host list, named r0, r1... with Secrets s0, s1... and
+/// static credentials (their file is read only by `run` and `check`).
+fn config_yaml<'h>(hosts: impl Iterator<Item = &'h [String]>) -> String {
     let mut yaml = String::from("registries:\n");
-    for (i, h) in hosts.iter().enumerate() {
+    for (i, h) in hosts.enumerate() {
         let list = serde_json::to_string(h).expect("strings serialise");
         yaml.push_str(&format!(
             "  - name: r{i}\n    hosts: {list}\n    secretName: s{i}\n    credentials:\n      basic: {{ username: u, passwordFile: /nonexistent/password }}\n"
         ));
     }
+    yaml
+}
+
+/// The config with these registries (static credentials) is accepted exactly when every
+/// host pattern is, and a refusal carries the pattern's message.
+fn check_config(hosts: &[Vec<String>], report: &mut Report, case: &Case) {
+    let yaml = config_yaml(hosts.iter().map(Vec::as_slice));
     let refusals: Vec<PatternError> = hosts
         .iter()
         .flatten()
@@ -587,13 +594,7 @@ fn check_config(hosts: &[Vec<String>], report: &mut Report, case: &Case) {
 fn check_explain(sample: &[(Case, BTreeSet<usize>)], report: &mut Report) {
     let dir = tempfile::tempdir().expect("temp dir");
     for (n, (case, used)) in sample.iter().enumerate() {
-        let mut yaml = String::from("registries:\n");
-        for (i, s) in case.secrets.iter().enumerate() {
-            let list = serde_json::to_string(s.hosts()).expect("strings serialise");
-            yaml.push_str(&format!(
-                "  - name: r{i}\n    hosts: {list}\n    secretName: s{i}\n    credentials:\n      basic: {{ username: u, passwordFile: /nonexistent/password }}\n"
-            ));
-        }
+        let yaml = config_yaml(case.secrets.iter().map(SecretSpec::hosts));
         let config = dir.path().join(format!("config-{n}.yaml"));
         std::fs::write(&config, yaml).expect("writing a config");
         let pod = serde_json::json!({
@@ -853,6 +854,28 @@ impl Generator {
         self.rng.usize(..100) < percent
     }
 
+    /// `n` items joined by `separator`, each from `odd` with `odd_percent` % chance, else
+    /// from `usual`.
+    fn join(
+        &mut self,
+        n: usize,
+        separator: &str,
+        usual: &[&str],
+        odd_percent: usize,
+        odd: &[&str],
+    ) -> String {
+        (0..n)
+            .map(|_| {
+                if self.chance(odd_percent) {
+                    self.pick(odd)
+                } else {
+                    self.pick(usual)
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(separator)
+    }
+
     fn case(&mut self) -> Case {
         let image = self.image();
         let n = match self.rng.usize(..100) {
@@ -939,16 +962,7 @@ impl Generator {
                     50..=84 => 3,
                     _ => 4,
                 };
-                (0..n)
-                    .map(|_| {
-                        if self.chance(4) {
-                            self.pick(ODD_LABELS)
-                        } else {
-                            self.pick(LABELS)
-                        }
-                    })
-                    .collect::<Vec<_>>()
-                    .join(".")
+                self.join(n, ".", LABELS, 4, ODD_LABELS)
             }
             45..=54 => self.pick(DOCKER_HUB).into(),
             55..=64 => self.pick(SINGLE).into(),
@@ -964,16 +978,7 @@ impl Generator {
 
     fn path(&mut self) -> String {
         let n = 1 + self.rng.usize(..3);
-        (0..n)
-            .map(|_| {
-                if self.chance(3) {
-                    self.pick(ODD_PATHS)
-                } else {
-                    self.pick(PATHS)
-                }
-            })
-            .collect::<Vec<_>>()
-            .join("/")
+        self.join(n, "/", PATHS, 3, ODD_PATHS)
     }
 
     fn image(&mut self) -> ImageSpec {
