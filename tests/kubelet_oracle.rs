@@ -824,6 +824,19 @@ const SPECIAL_PATTERNS: &[&str] = &[
     "Registry",
     "r",
     "A",
+    "[::ffff:1.2.3.4]:1",
+    "u:p@cr.yandex/crp?x#y",
+    "cr.yandex/a%2Fb",
+    "cr.yandex:/v2/",
+    "c%C3%A9.io",
+    "[1.2.3.4]:1",
+    "[::1%25]:1",
+    "c%41.io",
+    "cr.yandex/%zz",
+    "a[b].io",
+    "u\\@cr.yandex",
+    "cr.yandex/%25zz",
+    "[0:0:0:0:0:0:0:1]:5000",
 ];
 const SHA256_HEX: &str = "7cc4b5aefd1d0cadf8d97d4350462ba51c694ebca145b08d7d41b41acc8db5aa";
 

@@ -964,3 +964,77 @@ proptest! {
         prop_assert!(pattern(&glob).matches(&img));
     }
 }
+
+/// How kubelet's Add and Lookup read keys, through the parts of Go's URL parsing that matter
+/// (each case also runs against kubelet's own code in tests/kubelet_oracle.rs).
+#[test]
+fn keys_are_read_as_go_parses_them() {
+    use super::kubelet::{Reading, read};
+    let glob = |key: &[u8], host: &[u8], port: &[u8], path: &[u8]| Reading::Glob {
+        key: key.to_vec(),
+        glob: super::kubelet::Glob {
+            host: host.to_vec(),
+            port: port.to_vec(),
+            path: path.to_vec(),
+        },
+    };
+    let cases: &[(&str, Reading)] = &[
+        (
+            "https://index.docker.io/v1/",
+            glob(b"index.docker.io", b"index.docker.io", b"", b""),
+        ),
+        ("[::1]:5000", glob(b"[::1]:5000", b"::1", b"5000", b"")),
+        ("[::1]", glob(b"[::1]", b"[::1]", b"", b"")),
+        (
+            "[::ffff:1.2.3.4]:1",
+            glob(b"[::ffff:1.2.3.4]:1", b"::ffff:1.2.3.4", b"1", b""),
+        ),
+        (
+            "u:p@cr.yandex/crp?x#y",
+            glob(b"cr.yandex/crp", b"cr.yandex", b"", b"/crp"),
+        ),
+        (
+            "cr.yandex/a%2Fb",
+            glob(b"cr.yandex/a/b", b"cr.yandex", b"", b"/a/b"),
+        ),
+        (
+            "cr.yandex:/v2/",
+            glob(b"cr.yandex:", b"cr.yandex", b"", b""),
+        ),
+        (
+            "c%C3%A9.io",
+            glob("cé.io".as_bytes(), "cé.io".as_bytes(), b"", b""),
+        ),
+        (
+            "cr.yandex/v2",
+            glob(b"cr.yandex/v2", b"cr.yandex", b"", b"/v2"),
+        ),
+    ];
+    for (key, want) in cases {
+        assert_eq!(&read(key), want, "{key}");
+    }
+    for ignored in [
+        "cr.yandex:443:1",
+        "[abc]:5000",
+        "[1.2.3.4]:1",
+        "[::1%25]:1",
+        "c%41.io",
+        "cr.yandex/%zz",
+        "cr yandex",
+        "a[b].io",
+        "u\\@cr.yandex",
+    ] {
+        assert!(
+            matches!(read(ignored), Reading::Ignored(_)),
+            "{ignored}: {:?}",
+            read(ignored)
+        );
+    }
+    for unparsable in ["[fe80::1%25eth0]:5000", "cr.yandex/%25zz"] {
+        assert!(
+            matches!(read(unparsable), Reading::Unparsable { .. }),
+            "{unparsable}: {:?}",
+            read(unparsable)
+        );
+    }
+}
