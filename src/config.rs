@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::labels::LabelSelector;
 use crate::registry::{HostPattern, RegistryEntry};
+use crate::server::{BodyLimits, Limits};
+
+mod limits;
 
 /// Default Yandex Cloud IAM token endpoint.
 pub const DEFAULT_IAM_ENDPOINT: &str = "https://iam.api.cloud.yandex.net/iam/v1/tokens";
@@ -60,6 +63,65 @@ pub struct WebhookConfig {
     /// PEM private key; reloaded when its content changes.
     #[serde(default = "default_tls_key")]
     pub tls_key_file: PathBuf,
+    /// Open connections; at the limit the longest-idle one is closed to serve a new one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
+    /// TLS handshake bound.
+    #[serde(
+        default,
+        with = "limits::opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub handshake_timeout: Option<Duration>,
+    /// First request of a connection, and an HTTP/1 request's headers.
+    #[serde(
+        default,
+        with = "limits::opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub header_read_timeout: Option<Duration>,
+    /// From a request's headers to its answer.
+    #[serde(
+        default,
+        with = "limits::opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub request_timeout: Option<Duration>,
+    /// A connection with no request in flight.
+    #[serde(
+        default,
+        with = "limits::opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub idle_timeout: Option<Duration>,
+    /// HTTP/2 PING interval; `0s` disables the PINGs.
+    #[serde(
+        default,
+        with = "limits::opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub http2_keep_alive_interval: Option<Duration>,
+    /// HTTP/2 PING acknowledgement bound.
+    #[serde(
+        default,
+        with = "limits::opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub http2_keep_alive_timeout: Option<Duration>,
+    /// Largest request body (413 above).
+    #[serde(
+        default,
+        with = "limits::opt_size",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_request_body_bytes: Option<usize>,
+    /// Budget of all request bodies at once (each byte counts twice).
+    #[serde(
+        default,
+        with = "limits::opt_size",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_buffered_body_bytes: Option<usize>,
 }
 
 impl Default for WebhookConfig {
@@ -68,6 +130,15 @@ impl Default for WebhookConfig {
             listen: default_webhook_listen(),
             tls_cert_file: default_tls_cert(),
             tls_key_file: default_tls_key(),
+            max_connections: None,
+            handshake_timeout: None,
+            header_read_timeout: None,
+            request_timeout: None,
+            idle_timeout: None,
+            http2_keep_alive_interval: None,
+            http2_keep_alive_timeout: None,
+            max_request_body_bytes: None,
+            max_buffered_body_bytes: None,
         }
     }
 }
@@ -79,12 +150,40 @@ pub struct AdminConfig {
     /// Address the plain-HTTP admin server binds.
     #[serde(default = "default_admin_listen")]
     pub listen: String,
+    /// Open connections; at the limit the longest-idle one is closed to serve a new one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
+    /// First request of a connection, and an HTTP/1 request's headers.
+    #[serde(
+        default,
+        with = "limits::opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub header_read_timeout: Option<Duration>,
+    /// From a request's headers to its answer.
+    #[serde(
+        default,
+        with = "limits::opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub request_timeout: Option<Duration>,
+    /// A connection with no request in flight.
+    #[serde(
+        default,
+        with = "limits::opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         Self {
             listen: default_admin_listen(),
+            max_connections: None,
+            header_read_timeout: None,
+            request_timeout: None,
+            idle_timeout: None,
         }
     }
 }
@@ -380,6 +479,12 @@ pub struct Settings {
     pub tls_key_file: PathBuf,
     /// Admin bind address.
     pub admin_listen: SocketAddr,
+    /// Connection limits of the webhook port.
+    pub webhook_limits: Limits,
+    /// Request body limits of the webhook.
+    pub body_limits: BodyLimits,
+    /// Connection limits of the admin port.
+    pub admin_limits: Limits,
     /// Opt-in selector, parsed.
     pub namespace_selector: LabelSelector,
     /// Opt-out annotation key.
@@ -451,6 +556,8 @@ impl Config {
     /// Check every field; returns all problems, each with its path.
     pub fn validate(&self) -> Result<Settings, Vec<FieldError>> {
         let mut errs = Vec::new();
+        let (webhook_limits, body_limits) = limits::webhook(&self.webhook, &mut errs);
+        let admin_limits = limits::admin(&self.admin, &mut errs);
         let mut err = |path: &str, message: String| {
             errs.push(FieldError {
                 path: path.to_string(),
@@ -517,6 +624,9 @@ impl Config {
                     tls_cert_file: self.webhook.tls_cert_file.clone(),
                     tls_key_file: self.webhook.tls_key_file.clone(),
                     admin_listen,
+                    webhook_limits,
+                    body_limits,
+                    admin_limits,
                     namespace_selector,
                     pod_opt_out_annotation: self.pod_opt_out_annotation.clone(),
                     sync: self.sync.clone(),

@@ -29,7 +29,7 @@ use crate::credentials::{HttpClient, HttpOptions};
 use crate::health::{Health, Webhook};
 use crate::metrics::Metrics;
 use crate::registry::Registries;
-use crate::server::{self, AdminState, Limits};
+use crate::server::{self, AdminState, BodyLimits, Limits};
 use crate::sync::leader::{self, LeaderConfig, LeaderElector};
 use crate::sync::refresh::RefreshTiming;
 use crate::sync::{self, SyncOptions, SyncTask};
@@ -235,7 +235,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     });
     tasks.spawn("admin server", {
         let stop = stop.clone().cancelled_owned();
-        async move { Ok(server::serve_admin(admin_listener, admin, stop).await?) }
+        let limits = settings.admin_limits.clone();
+        async move { Ok(server::serve_admin(admin_listener, admin, limits, stop).await?) }
     });
     if let Some(webhook) = webhook {
         let admission = Admission::new(
@@ -267,6 +268,8 @@ struct PreparedWebhook {
     store: Arc<CertStore>,
     tls: Arc<rustls::ServerConfig>,
     listener: tokio::net::TcpListener,
+    limits: Limits,
+    body_limits: BodyLimits,
 }
 
 impl PreparedWebhook {
@@ -281,6 +284,8 @@ impl PreparedWebhook {
             store,
             tls,
             listener,
+            limits: settings.webhook_limits.clone(),
+            body_limits: settings.body_limits.clone(),
         })
     }
 
@@ -295,11 +300,11 @@ impl PreparedWebhook {
             store.watch(reload_interval, stop).await;
             Ok(())
         });
-        let router = server::webhook_router(Arc::new(admission));
-        let (listener, tls) = (self.listener, self.tls);
+        let router = server::webhook_router_with(Arc::new(admission), self.body_limits);
+        let (listener, tls, limits) = (self.listener, self.tls, self.limits);
         let stop = tasks.stop().cancelled_owned();
         tasks.spawn("webhook server", async move {
-            server::serve_tls(listener, tls, router, Limits::default(), stop).await;
+            server::serve_tls(listener, tls, router, limits, stop).await;
             Ok(())
         });
     }

@@ -1,89 +1,170 @@
 //! The two HTTP servers: the webhook on HTTPS and the admin endpoints on plain HTTP.
 //!
-//! The webhook runs its own accept loop (rather than a convenience wrapper) because the
+//! Both run the same accept loop (`conn`), rather than a convenience wrapper, because the
 //! admission path needs control that wrappers hide: TCP_NODELAY on every accepted socket
-//! (without it HTTP/2 responses wait on Nagle and delayed ACKs), a bound on concurrent
-//! connections and on the TLS handshake and header read times, and a graceful drain on
-//! shutdown that lets in-flight reviews finish.
-//!
-//! hyper's HTTP/1 header read timeout does not cover a client that completes the TLS
-//! handshake and then sends nothing (hyper-util's HTTP version detection waits first), nor
-//! an HTTP/2 client that never opens a stream, nor a request body that stalls. So a
-//! connection whose first request has not started within the header read timeout is closed,
-//! and every request gets a bound from its headers to its answer (HTTP 408 after it).
+//! (without it HTTP/2 responses wait on Nagle and delayed ACKs), a cap on connections that
+//! sheds the longest-idle one instead of leaving new clients in the backlog, handshake,
+//! header, request and idle timeouts for HTTP/1 and HTTP/2 alike, and a graceful drain on
+//! shutdown that lets in-flight reviews finish. Request bodies on the webhook share one
+//! memory budget (`body`), so that no mix of concurrent requests can take the process past
+//! its memory limit.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper::body::Body as _;
 use rustls::ServerConfig;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
-use tower::ServiceExt;
 
 use crate::admission::Admission;
 use crate::health::{Health, Report};
 use crate::metrics::Metrics;
 
-/// Largest request body accepted on `/mutate` (larger gets 413).
+mod body;
+mod conn;
+
+/// Largest request body accepted on `/mutate` by default (larger gets 413).
+///
+/// What the API server can send: it refuses request bodies over 3 MiB
+/// (`MaxRequestBodyBytes` in k8s.io/apiserver/pkg/server/config.go: "1.5MB is the
+/// recommended client request size ... the etcd server should accept ... so we allow 2x
+/// as the largest request body size to be accepted and decoded in a write request"), and
+/// etcd refuses objects over 1.5 MiB (`--max-request-bytes`, 1572864). An AdmissionReview
+/// carries the object once for CREATE, and with `oldObject` twice for UPDATE, plus a small
+/// envelope (uid, kind, resource, userInfo, options): 2 x 3 MiB + envelope < 8 MiB. Pods
+/// created from protobuf (controllers) re-encode as larger JSON, but those come from
+/// objects etcd stored (1.5 MiB), which stay well inside the same 8 MiB.
 pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 
-/// Limits of the webhook server.
+/// Default bound on the bytes charged for all request bodies at once (each buffered byte
+/// counts twice: see [`BodyLimits`]).
+pub const MAX_BUFFERED_BODY_BYTES: usize = 32 * 1024 * 1024;
+
+/// Connection limits of one server (port).
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// Concurrent connections; further clients wait in the listen backlog.
+    /// Open connections. At the limit, a new connection closes the one idle the longest;
+    /// when none is idle, new clients wait in the listen backlog.
     pub max_connections: usize,
-    /// Time allowed for the TLS handshake.
+    /// Time allowed for the TLS handshake (webhook only).
     pub handshake_timeout: Duration,
-    /// Time allowed to receive a request's headers (HTTP/1), and for a new connection's
-    /// first request to start (HTTP/1 and HTTP/2).
+    /// Time for a new connection's first request to start, and (HTTP/1) for a request's
+    /// headers once its first byte arrived.
     pub header_read_timeout: Duration,
     /// Time a request gets from its headers to its answer, body included: a client that
     /// stalls its body gets HTTP 408 and the connection is closed.
     pub request_timeout: Duration,
+    /// Time a connection may stay open with no request in flight (HTTP/1 keep-alive, HTTP/2
+    /// with no open stream).
+    pub idle_timeout: Duration,
+    /// Interval of HTTP/2 PINGs that detect dead peers; `None` disables them.
+    pub http2_keep_alive_interval: Option<Duration>,
+    /// Time to wait for a PING's acknowledgement before closing the connection.
+    pub http2_keep_alive_timeout: Duration,
     /// Time in-flight requests get to finish on shutdown.
     pub drain_timeout: Duration,
 }
 
-impl Default for Limits {
-    fn default() -> Self {
+impl Limits {
+    /// Defaults of the webhook port. The API server keeps webhook connections alive (Go's
+    /// idle timeout, 90 s) and uses HTTP/1.1, or HTTP/2 for loopback URLs: the idle timeout
+    /// is longer than its own, so that it closes idle connections first and never sends a
+    /// review on a connection we are closing.
+    pub fn webhook() -> Self {
         Self {
-            max_connections: 1024,
+            max_connections: 256,
             handshake_timeout: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(120),
+            http2_keep_alive_interval: Some(Duration::from_secs(30)),
+            http2_keep_alive_timeout: Duration::from_secs(20),
             drain_timeout: Duration::from_secs(25),
+        }
+    }
+
+    /// Defaults of the admin port (kubelet probes open a connection per probe; Prometheus
+    /// keeps one).
+    pub fn admin() -> Self {
+        Self {
+            max_connections: 32,
+            header_read_timeout: Duration::from_secs(5),
+            ..Self::webhook()
         }
     }
 }
 
-/// The webhook's routes: `POST /mutate`.
-pub fn webhook_router(admission: Arc<Admission>) -> Router {
-    Router::new()
-        .route("/mutate", post(mutate))
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(admission)
+impl Default for Limits {
+    fn default() -> Self {
+        Self::webhook()
+    }
 }
 
-async fn mutate(
-    State(admission): State<Arc<Admission>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    if let Some(ct) = headers.get(header::CONTENT_TYPE) {
+/// Limits on the webhook's request bodies.
+///
+/// Each buffered byte is charged twice against `max_buffered_bytes`: once for the buffer
+/// and once for what decoding it may allocate. A request that finds no room waits up to
+/// `wait`, then gets 503 with `Retry-After: 1`; with `failurePolicy: Ignore` the API server
+/// then admits the Pod unchanged, as for any webhook failure (fail-open, never refused).
+#[derive(Debug, Clone)]
+pub struct BodyLimits {
+    /// Largest body (413 above).
+    pub max_body_bytes: usize,
+    /// Budget of all bodies being read and decoded at once.
+    pub max_buffered_bytes: usize,
+    /// How long a request waits for room in the budget before 503.
+    pub wait: Duration,
+}
+
+impl Default for BodyLimits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: MAX_BODY_BYTES,
+            max_buffered_bytes: MAX_BUFFERED_BODY_BYTES,
+            wait: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The webhook's routes: `POST /mutate`, with the default [`BodyLimits`].
+pub fn webhook_router(admission: Arc<Admission>) -> Router {
+    webhook_router_with(admission, BodyLimits::default())
+}
+
+/// The webhook's routes with these body limits; the budget is shared by every connection
+/// this router serves.
+pub fn webhook_router_with(admission: Arc<Admission>, limits: BodyLimits) -> Router {
+    let budget = body::Budget::new(limits.max_buffered_bytes);
+    Router::new()
+        .route("/mutate", post(mutate))
+        .with_state(Arc::new(Webhook {
+            admission,
+            limits,
+            budget,
+        }))
+}
+
+struct Webhook {
+    admission: Arc<Admission>,
+    limits: BodyLimits,
+    budget: Arc<body::Budget>,
+}
+
+/// Bodies at least this large are decoded on the blocking pool, so that a multi-megabyte
+/// review does not hold up the connections sharing its worker thread.
+const DECODE_ON_BLOCKING_POOL: usize = 256 * 1024;
+
+async fn mutate(State(webhook): State<Arc<Webhook>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    if let Some(ct) = parts.headers.get(header::CONTENT_TYPE) {
         let json = ct
             .to_str()
             .ok()
@@ -97,7 +178,51 @@ async fn mutate(
                 .into_response();
         }
     }
-    match admission.handle(&body) {
+    let declared = body.size_hint().exact();
+    let (bytes, charge) = match body::read(body, declared, &webhook.limits, &webhook.budget).await {
+        Ok(read) => read,
+        Err(body::BodyError::TooLarge) => {
+            return (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "request body larger than {} bytes\n",
+                    webhook.limits.max_body_bytes
+                ),
+            )
+                .into_response();
+        }
+        Err(body::BodyError::Busy) => {
+            tracing::debug!(
+                budget = webhook.limits.max_buffered_bytes,
+                used = webhook.budget.used(),
+                "no room for a request body within the wait; answering 503"
+            );
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::RETRY_AFTER, "1")],
+                "too many request bodies in flight; retry\n",
+            )
+                .into_response();
+        }
+        Err(body::BodyError::Read(e)) => {
+            tracing::debug!(error = %e, "reading a request body failed");
+            return (StatusCode::BAD_REQUEST, "failed to read the request body\n").into_response();
+        }
+    };
+    let admission = webhook.admission.clone();
+    let answer = if bytes.len() >= DECODE_ON_BLOCKING_POOL {
+        match tokio::task::spawn_blocking(move || admission.handle(&bytes)).await {
+            Ok(answer) => answer,
+            Err(e) => {
+                tracing::error!(error = %e, "decoding a review panicked");
+                return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+            }
+        }
+    } else {
+        admission.handle(&bytes)
+    };
+    drop(charge);
+    match answer {
         Ok(reviewed) => (
             StatusCode::OK,
             [(header::CONTENT_TYPE, "application/json")],
@@ -160,129 +285,34 @@ pub async fn serve_tls(
     limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) {
-    let acceptor = TlsAcceptor::from(tls);
-    let mut builder = Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
-    let builder = Arc::new(builder);
-    let graceful = GracefulShutdown::new();
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
-    tokio::pin!(shutdown);
-
-    loop {
-        let permit = tokio::select! {
-            _ = &mut shutdown => break,
-            p = permits.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
-        let (tcp, peer) = tokio::select! {
-            _ = &mut shutdown => break,
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let builder = builder.clone();
-        let started = Arc::new(AtomicBool::new(false));
-        let service = bounded_service(router.clone(), limits.request_timeout, started.clone());
-        let watcher = graceful.watcher();
-        let handshake_timeout = limits.handshake_timeout;
-        let first_request_timeout = limits.header_read_timeout;
-        tokio::spawn(async move {
-            let _permit = permit;
-            let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            };
-            let conn = watcher.watch(builder.serve_connection(TokioIo::new(tls), service));
-            let silent = async {
-                tokio::time::sleep(first_request_timeout).await;
-                if started.load(Ordering::Relaxed) {
-                    std::future::pending::<()>().await;
-                }
-            };
-            tokio::select! {
-                r = conn => if let Err(e) = r {
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
-                },
-                _ = silent => tracing::debug!(%peer, "no request after the TLS handshake; closing"),
-            }
-        });
-    }
-    drop(listener);
-    tracing::info!(
-        connections = graceful.count(),
-        "webhook stopped accepting; draining in-flight requests"
-    );
-    if tokio::time::timeout(limits.drain_timeout, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("drain timed out; closing remaining connections");
-    }
+    conn::serve(
+        listener,
+        conn::Handshake::Tls(TlsAcceptor::from(tls)),
+        router,
+        limits,
+        "webhook",
+        shutdown,
+    )
+    .await;
 }
 
-/// `router` as a hyper service that records that a request started, and answers HTTP 408
-/// when a request is not read and answered within `timeout`.
-fn bounded_service(
-    router: Router,
-    timeout: Duration,
-    started: Arc<AtomicBool>,
-) -> impl hyper::service::Service<
-    http::Request<hyper::body::Incoming>,
-    Response = Response,
-    Error = Infallible,
-    Future = impl Future<Output = Result<Response, Infallible>> + Send + 'static,
-> + Clone {
-    hyper::service::service_fn(move |req| {
-        started.store(true, Ordering::Relaxed);
-        let answer = router.clone().oneshot(req);
-        async move {
-            match tokio::time::timeout(timeout, answer).await {
-                Ok(r) => r,
-                Err(_) => {
-                    tracing::debug!("request not received and answered in time; closing");
-                    Ok((
-                        StatusCode::REQUEST_TIMEOUT,
-                        [(header::CONNECTION, "close")],
-                        "request not received in time\n",
-                    )
-                        .into_response())
-                }
-            }
-        }
-    })
-}
-
-/// Serve the admin router on plain HTTP until `shutdown` resolves.
+/// Serve the admin router on plain HTTP until `shutdown` resolves, then drain.
 pub async fn serve_admin(
     listener: TcpListener,
     router: Router,
+    limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
+    conn::serve(
+        listener,
+        conn::Handshake::Plain,
+        router,
+        limits,
+        "admin",
+        shutdown,
+    )
+    .await;
+    Ok(())
 }
 
 /// Bind a TCP listener with a clear error naming the address.

@@ -111,6 +111,32 @@ impl Server {
         read_answer(&mut s).await.expect("an HTTP answer")
     }
 
+    /// An HTTP/2 client connection (ALPN `h2`); the connection future resolves when it
+    /// closes.
+    async fn h2(
+        &self,
+    ) -> (
+        hyper::client::conn::http2::SendRequest<BoxBody<Bytes, Infallible>>,
+        tokio::task::JoinHandle<Result<(), hyper::Error>>,
+    ) {
+        let tls = self.try_connect(b"h2").await.unwrap();
+        let (send, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tls),
+        )
+        .await
+        .unwrap();
+        (send, tokio::spawn(conn))
+    }
+
+    /// The fixture review as an HTTP/2 request.
+    fn h2_review(&self) -> http::Request<BoxBody<Bytes, Infallible>> {
+        http::Request::post(format!("https://127.0.0.1:{}/mutate", self.port))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from_static(FIXTURE.as_bytes())).boxed())
+            .unwrap()
+    }
+
     /// The server still answers a real review correctly.
     async fn assert_serving(&self) {
         let answer = self
@@ -220,6 +246,7 @@ fn short_limits() -> Limits {
         handshake_timeout: Duration::from_millis(500),
         header_read_timeout: Duration::from_millis(500),
         request_timeout: Duration::from_millis(800),
+        idle_timeout: Duration::from_millis(1500),
         ..Limits::default()
     }
 }
@@ -383,26 +410,118 @@ async fn client_silent_before_the_handshake_is_closed_after_the_handshake_timeou
 }
 
 #[tokio::test]
-async fn idle_http1_keep_alive_connection_is_closed_after_the_header_read_timeout() {
+async fn idle_http1_keep_alive_connection_is_closed_after_the_idle_timeout() {
     let limits = short_limits();
+    assert!(limits.idle_timeout >= limits.header_read_timeout * 3);
     let srv = Server::start(limits.clone()).await;
     let mut s = srv.connect().await;
     // Two reviews on one connection: keep-alive works.
     for _ in 0..2 {
-        s.write_all(post_head(FIXTURE.len()).as_bytes())
-            .await
-            .unwrap();
-        s.write_all(FIXTURE.as_bytes()).await.unwrap();
-        let a = read_answer(&mut s).await.unwrap();
-        assert_eq!(a.status, 200);
+        review_on(&mut s).await;
     }
     let (got, took) = closed_by_server(&mut s).await;
     assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
+    // The idle timeout applies, not the (shorter) header timeout.
     assert!(
-        took >= limits.header_read_timeout / 2 && took < limits.header_read_timeout * 4,
+        took >= limits.idle_timeout * 9 / 10 && took < limits.idle_timeout * 3,
         "closed after {took:?}"
     );
     srv.assert_serving().await;
+}
+
+#[tokio::test]
+async fn http1_request_started_on_an_idle_connection_gets_the_header_timeout() {
+    let limits = short_limits();
+    let srv = Server::start(limits.clone()).await;
+    let mut s = srv.connect().await;
+    review_on(&mut s).await;
+    // Half of the next request's head, then nothing.
+    let head = post_head(FIXTURE.len());
+    s.write_all(&head.as_bytes()[..head.len() / 2])
+        .await
+        .unwrap();
+    s.flush().await.unwrap();
+    let (got, took) = closed_by_server(&mut s).await;
+    assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
+    assert!(
+        took >= limits.header_read_timeout * 9 / 10 && took < limits.idle_timeout,
+        "closed after {took:?}"
+    );
+    srv.assert_serving().await;
+}
+
+#[tokio::test]
+async fn idle_http2_connection_gets_goaway_after_the_idle_timeout() {
+    let limits = short_limits();
+    let srv = Server::start(limits.clone()).await;
+    let (mut send, conn) = srv.h2().await;
+    let resp = send.send_request(srv.h2_review()).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let start = Instant::now();
+    // The connection future ends when the server's GOAWAY has closed it.
+    let ended = tokio::time::timeout(PATIENCE, conn)
+        .await
+        .expect("the idle HTTP/2 connection is closed")
+        .unwrap();
+    assert!(
+        ended.is_ok(),
+        "closed cleanly (GOAWAY), not reset: {ended:?}"
+    );
+    let took = start.elapsed();
+    assert!(
+        took >= limits.idle_timeout * 9 / 10 && took < limits.idle_timeout * 3,
+        "closed after {took:?}"
+    );
+    assert!(send.send_request(srv.h2_review()).await.is_err());
+    srv.assert_serving().await;
+}
+
+#[tokio::test]
+async fn http2_peer_that_stops_answering_pings_is_closed() {
+    // A hand-written HTTP/2 client: preface, SETTINGS, one GET, then it reads what comes
+    // but never acknowledges a PING, like a peer that vanished.
+    let limits = Limits {
+        idle_timeout: Duration::from_secs(30),
+        http2_keep_alive_interval: Some(Duration::from_millis(200)),
+        http2_keep_alive_timeout: Duration::from_millis(300),
+        ..short_limits()
+    };
+    let srv = Server::start(limits).await;
+    let mut s = srv.try_connect(b"h2").await.unwrap();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]); // SETTINGS, empty
+    // HEADERS on stream 1, END_STREAM | END_HEADERS: :method GET (static 2), :scheme
+    // https (7), :path / (4), :authority "x" (literal, name index 1).
+    let block = [0x82, 0x87, 0x84, 0x41, 0x01, b'x'];
+    out.extend_from_slice(&[0, 0, block.len() as u8, 1, 0x05, 0, 0, 0, 1]);
+    out.extend_from_slice(&block);
+    s.write_all(&out).await.unwrap();
+    s.flush().await.unwrap();
+    let start = Instant::now();
+    let (got, took) = closed_by_server(&mut s).await;
+    eprintln!("closed after {took:?} ({} bytes received)", got.len());
+    // It got its answer (a HEADERS frame for 404) and PINGs, then the close.
+    let frame_types: Vec<u8> = frames(&got).iter().map(|(t, _)| *t).collect();
+    assert!(frame_types.contains(&1), "a HEADERS frame: {frame_types:?}");
+    assert!(frame_types.contains(&6), "a PING frame: {frame_types:?}");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "closed after {took:?}"
+    );
+}
+
+/// (type, payload) of the HTTP/2 frames in `bytes` (whole frames only).
+fn frames(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    while bytes.len() >= 9 {
+        let len = u32::from_be_bytes([0, bytes[0], bytes[1], bytes[2]]) as usize;
+        if bytes.len() < 9 + len {
+            break;
+        }
+        out.push((bytes[3], bytes[9..9 + len].to_vec()));
+        bytes = &bytes[9 + len..];
+    }
+    out
 }
 
 #[tokio::test]
@@ -451,21 +570,75 @@ async fn http2_reviews_work_and_a_stalled_http2_body_gets_408() {
     srv.assert_serving().await;
 }
 
+/// Send one review on `s` and expect 200.
+async fn review_on<S: AsyncRead + tokio::io::AsyncWrite + Unpin>(s: &mut S) {
+    s.write_all(post_head(FIXTURE.len()).as_bytes())
+        .await
+        .unwrap();
+    s.write_all(FIXTURE.as_bytes()).await.unwrap();
+    let a = read_answer(s).await.expect("an answer");
+    assert_eq!(a.status, 200, "{a:?}");
+}
+
 #[tokio::test]
-async fn connection_limit_holds_the_next_client_until_one_closes() {
+async fn at_the_connection_limit_the_longest_idle_connection_makes_room_for_a_new_client() {
     let limits = Limits {
         max_connections: 3,
-        // Long enough that the held connections do not time out during the test.
+        // Long enough that nothing times out during the test.
         header_read_timeout: Duration::from_secs(30),
+        idle_timeout: Duration::from_secs(30),
         ..short_limits()
     };
     let srv = Server::start(limits).await;
     let mut held = Vec::new();
     for _ in 0..3 {
-        held.push(srv.connect().await);
+        let mut s = srv.connect().await;
+        review_on(&mut s).await;
+        held.push(s);
+    }
+    // The fourth client is served at once; the connection idle the longest (the first)
+    // is closed to make room, with nothing sent on it.
+    let start = Instant::now();
+    let mut fourth = srv.connect().await;
+    review_on(&mut fourth).await;
+    eprintln!("fourth client answered after {:?}", start.elapsed());
+    assert!(start.elapsed() < PATIENCE);
+    let (got, _) = closed_by_server(&mut held[0]).await;
+    assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
+    // The others still work (each review makes its connection the most recently active).
+    review_on(&mut held[1]).await;
+    review_on(&mut held[2]).await;
+    review_on(&mut fourth).await;
+}
+
+#[tokio::test]
+async fn when_every_connection_has_a_request_in_flight_the_next_client_waits_for_one_to_finish() {
+    let limits = Limits {
+        max_connections: 3,
+        header_read_timeout: Duration::from_secs(30),
+        idle_timeout: Duration::from_secs(30),
+        request_timeout: Duration::from_secs(30),
+        ..short_limits()
+    };
+    let srv = Server::start(limits).await;
+    // Three requests in flight: headers and half of the body, then the clients pause.
+    // `Expect: 100-continue` makes the server say when it starts reading the body, so the
+    // test knows the requests are in flight before the fourth client comes.
+    let half = FIXTURE.len() / 2;
+    let mut busy = Vec::new();
+    for _ in 0..3 {
+        let mut s = srv.connect().await;
+        let head = post_head(FIXTURE.len()).replace("\r\n\r\n", "\r\nExpect: 100-continue\r\n\r\n");
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.flush().await.unwrap();
+        let cont = read_answer(&mut s).await.expect("100 Continue");
+        assert_eq!(cont.status, 100, "{cont:?}");
+        s.write_all(&FIXTURE.as_bytes()[..half]).await.unwrap();
+        s.flush().await.unwrap();
+        busy.push(s);
     }
     // The fourth client's TCP connect succeeds (listen backlog) but its handshake is not
-    // served while three connections are open.
+    // served while three requests are in flight and no connection is idle.
     let waiting = tokio::spawn({
         let config = srv.client_config(&[b"http/1.1"]);
         let port = srv.port;
@@ -478,29 +651,23 @@ async fn connection_limit_holds_the_next_client_until_one_closes() {
     });
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert!(!waiting.is_finished(), "the fourth connection was served");
-    // One held connection closes: the waiting one is served, and so are requests on it.
-    drop(held.pop());
+    // One request completes: its connection is idle, so it makes room for the fourth.
+    busy[0]
+        .write_all(&FIXTURE.as_bytes()[half..])
+        .await
+        .unwrap();
+    assert_eq!(read_answer(&mut busy[0]).await.unwrap().status, 200);
     let mut fourth = tokio::time::timeout(PATIENCE, waiting)
         .await
-        .expect("served once a slot was free")
+        .expect("served once a connection was idle")
         .unwrap()
         .expect("TLS handshake");
-    fourth
-        .write_all(post_head(FIXTURE.len()).as_bytes())
-        .await
-        .unwrap();
-    fourth.write_all(FIXTURE.as_bytes()).await.unwrap();
-    assert_eq!(read_answer(&mut fourth).await.unwrap().status, 200);
-    // The held ones still work too.
-    let s = &mut held[0];
-    s.write_all(post_head(FIXTURE.len()).as_bytes())
-        .await
-        .unwrap();
-    s.write_all(FIXTURE.as_bytes()).await.unwrap();
-    assert_eq!(read_answer(s).await.unwrap().status, 200);
-    drop(held);
-    drop(fourth);
-    srv.assert_serving().await;
+    review_on(&mut fourth).await;
+    // The other two requests in flight were not disturbed.
+    for s in &mut busy[1..] {
+        s.write_all(&FIXTURE.as_bytes()[half..]).await.unwrap();
+        assert_eq!(read_answer(s).await.unwrap().status, 200);
+    }
 }
 
 #[tokio::test]
