@@ -18,6 +18,7 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::fmt;
 use std::time::Instant;
 
 use base64::Engine;
@@ -32,6 +33,80 @@ use crate::registry::Registries;
 pub const API_VERSION: &str = "admission.k8s.io/v1";
 /// Audit annotation key; the API server prefixes it with the webhook name.
 pub const AUDIT_ANNOTATION: &str = "injected-image-pull-secrets";
+
+/// Longest text taken from a request into a log line or an error message (per value).
+/// Without a bound, one review with a 2 MB string where a list belongs made a 2 MB warning
+/// (serde's message quotes the unexpected string in full).
+pub const MAX_LOGGED_VALUE: usize = 256;
+
+/// `value` as text of at most `max` bytes, control characters escaped (one line, no forged
+/// log lines). Longer text is cut at a character boundary and ends with `… (N bytes)`, N
+/// being the full length; formatting never holds more than `max` bytes of it.
+pub struct Clip<T>(pub T, pub usize);
+
+impl<T: fmt::Display> Clip<T> {
+    /// The clipped text as a `String` (for error messages).
+    pub fn text(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl<T: fmt::Display> fmt::Display for Clip<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        struct Capped {
+            out: String,
+            max: usize,
+            total: usize,
+            cut: bool,
+        }
+        impl fmt::Write for Capped {
+            fn write_str(&mut self, s: &str) -> fmt::Result {
+                self.total += s.len();
+                if self.cut {
+                    return Ok(()); // count the rest, keep nothing more
+                }
+                for c in s.chars() {
+                    let escaped = c.is_control().then(|| c.escape_default());
+                    let len = escaped.clone().map_or(c.len_utf8(), |e| e.count());
+                    if self.out.len() + len > self.max {
+                        self.cut = true;
+                        break;
+                    }
+                    match escaped {
+                        Some(e) => self.out.extend(e),
+                        None => self.out.push(c),
+                    }
+                }
+                Ok(())
+            }
+        }
+        let mut w = Capped {
+            out: String::new(),
+            max: self.1,
+            total: 0,
+            cut: false,
+        };
+        fmt::write(&mut w, format_args!("{}", self.0))?;
+        f.write_str(&w.out)?;
+        if w.cut {
+            write!(f, "… ({} bytes)", w.total)?;
+        }
+        Ok(())
+    }
+}
+
+/// A `Debug` value shown through [`Clip`].
+pub struct AsDebug<T>(pub T);
+
+impl<T: fmt::Debug> fmt::Display for AsDebug<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+fn clip<T: fmt::Display>(value: T) -> Clip<T> {
+    Clip(value, MAX_LOGGED_VALUE)
+}
 
 /// Why a body is not an AdmissionReview we can answer (HTTP 400).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -179,7 +254,7 @@ impl Admission {
         }
         // Careful path: the envelope first, the object only if it should be a Pod.
         let mut review: ReviewIn<'_, &RawValue> =
-            serde_json::from_slice(body).map_err(|e| ReviewError::Malformed(e.to_string()))?;
+            serde_json::from_slice(body).map_err(|e| ReviewError::Malformed(clip(e).text()))?;
         if let Some(request) = review.request.as_mut() {
             request.object = request.object.filter(|o| o.get() != "null");
         }
@@ -198,8 +273,8 @@ impl Admission {
         let kind = review.kind.as_deref().unwrap_or_default();
         if api_version != API_VERSION || kind != "AdmissionReview" {
             return Err(ReviewError::WrongType {
-                api_version: api_version.to_string(),
-                kind: kind.to_string(),
+                api_version: clip(api_version).text(),
+                kind: clip(kind).text(),
             });
         }
         let request = review.request.ok_or(ReviewError::NoRequest)?;
@@ -223,10 +298,12 @@ impl Admission {
             return Ok(self.allow(uid, Outcome::Skipped));
         }
 
+        // Everything logged below comes from the request: each value is clipped.
+        let (log_uid, log_ns) = (clip(uid), clip(namespace));
         let Some(object) = request.object else {
             tracing::warn!(
-                uid,
-                namespace,
+                uid = %log_uid,
+                namespace = %log_ns,
                 "Pod CREATE without an object; allowed unchanged"
             );
             return Ok(self.allow(uid, Outcome::Invalid));
@@ -234,7 +311,7 @@ impl Admission {
         let pod = match pod(object) {
             Ok(pod) => pod,
             Err(e) => {
-                tracing::warn!(uid, namespace, error = %e, "object is not a readable Pod; allowed unchanged");
+                tracing::warn!(uid = %log_uid, namespace = %log_ns, error = %clip(&e), "object is not a readable Pod; allowed unchanged");
                 return Ok(self.allow(uid, Outcome::Invalid));
             }
         };
@@ -242,20 +319,20 @@ impl Admission {
         if !plan.unparsable_images.is_empty() {
             self.metrics
                 .count_unparsable_images(plan.unparsable_images.len());
-            tracing::debug!(uid, namespace, pod = %pod.display_name(), images = ?plan.unparsable_images, "image references that do not parse match no registry");
+            tracing::debug!(uid = %log_uid, namespace = %log_ns, pod = %clip(pod.display_name()), images = %Clip(AsDebug(&plan.unparsable_images), 4 * MAX_LOGGED_VALUE), "image references that do not parse match no registry");
         }
         let dry_run = request.dry_run.unwrap_or(false);
         match plan.decision {
             Decision::Skipped(reason) => {
-                tracing::debug!(uid, namespace, pod = %pod.display_name(), dry_run, ?reason, outcome = "skipped", "admission decision");
+                tracing::debug!(uid = %log_uid, namespace = %log_ns, pod = %clip(pod.display_name()), dry_run, ?reason, outcome = "skipped", "admission decision");
                 Ok(self.allow(uid, Outcome::Skipped))
             }
             Decision::Unchanged => {
-                tracing::debug!(uid, namespace, pod = %pod.display_name(), dry_run, outcome = "unchanged", "admission decision");
+                tracing::debug!(uid = %log_uid, namespace = %log_ns, pod = %clip(pod.display_name()), dry_run, outcome = "unchanged", "admission decision");
                 Ok(self.allow(uid, Outcome::Unchanged))
             }
             Decision::Inject { secrets, patch } => {
-                tracing::info!(uid, namespace, pod = %pod.display_name(), dry_run, outcome = "injected", secrets = ?secrets, "admission decision");
+                tracing::info!(uid = %log_uid, namespace = %log_ns, pod = %clip(pod.display_name()), dry_run, outcome = "injected", secrets = ?secrets, "admission decision");
                 // Serialising a Patch of adds with string values cannot fail.
                 let patch_json = serde_json::to_vec(&patch).expect("JSON patch serialises");
                 let out = ReviewOut {
@@ -474,6 +551,42 @@ mod tests {
         let mut pod = cm.clone();
         pod["request"]["resource"] = json!({"group": "", "version": "v1", "resource": "pods"});
         assert_eq!(answer(&admission(), &pod).1, Outcome::Invalid);
+    }
+
+    #[test]
+    fn clip_bounds_text_escapes_control_characters_and_states_the_length() {
+        assert_eq!(Clip("short", 10).text(), "short");
+        assert_eq!(Clip("exactly10!", 10).text(), "exactly10!");
+        assert_eq!(Clip("abcdefghijkl", 10).text(), "abcdefghij… (12 bytes)");
+        assert_eq!(Clip("a\nb\u{7}", 20).text(), "a\\nb\\u{7}");
+        // A cut never splits a character.
+        assert_eq!(Clip("ééééé", 5).text(), "éé… (10 bytes)");
+        let big = "x".repeat(2_000_000);
+        assert_eq!(
+            Clip(&big, MAX_LOGGED_VALUE).text().len(),
+            MAX_LOGGED_VALUE + "… (2000000 bytes)".len()
+        );
+    }
+
+    #[test]
+    fn error_reasons_built_from_a_huge_request_stay_short() {
+        // The 400 reasons quote the request; tests/log_bounds.rs checks the log lines.
+        let huge_kind = format!(
+            r#"{{"apiVersion":"admission.k8s.io/v1","kind":"{}","request":{{"uid":"u"}}}}"#,
+            "k".repeat(1_000_000)
+        );
+        let not_json = format!("{{\"request\": \"{}\" x", "s".repeat(1_000_000));
+        for body in [huge_kind, not_json] {
+            let e = admission().handle(body.as_bytes()).unwrap_err().to_string();
+            assert!(
+                e.len() < 3 * MAX_LOGGED_VALUE,
+                "{} bytes: {}",
+                e.len(),
+                &e[..200]
+            );
+            assert!(e.contains("… (1000"), "{e}");
+            assert!(!e.contains('\n'));
+        }
     }
 
     #[test]
