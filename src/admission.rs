@@ -177,6 +177,70 @@ struct GroupVersionResource<'a> {
     resource: Cow<'a, str>,
 }
 
+/// The envelope read without decoding anything but what is checked (see
+/// [`Admission::handle_undecoded`]).
+#[derive(Deserialize)]
+struct ShallowReview<'a> {
+    #[serde(rename = "apiVersion", borrow)]
+    api_version: Option<&'a RawValue>,
+    #[serde(borrow)]
+    kind: Option<&'a RawValue>,
+    #[serde(borrow)]
+    request: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct ShallowRequest<'a> {
+    #[serde(borrow)]
+    uid: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
+
+/// A raw JSON value as a string, when it is one.
+fn raw_string(raw: &RawValue) -> Option<Cow<'_, str>> {
+    if !raw.get().starts_with('"') {
+        return None;
+    }
+    serde_json::from_str::<Text<'_>>(raw.get())
+        .ok()
+        .map(|t| t.0)
+}
+
+/// The uid of a review read shallowly, with the same checks as the full decoding.
+fn shallow_uid(body: &[u8]) -> Result<String, ReviewError> {
+    let review: ShallowReview<'_> =
+        serde_json::from_slice(body).map_err(|e| ReviewError::Malformed(clip(e).text()))?;
+    let text = |raw: Option<&RawValue>| match raw {
+        None => String::new(),
+        Some(r) => raw_string(r).map_or_else(|| clip(r.get()).text(), |s| clip(s).text()),
+    };
+    let (api_version, kind) = (text(review.api_version), text(review.kind));
+    if api_version != API_VERSION || kind != "AdmissionReview" {
+        return Err(ReviewError::WrongType { api_version, kind });
+    }
+    let request = review
+        .request
+        .filter(|r| r.get() != "null")
+        .ok_or(ReviewError::NoRequest)?;
+    if !request.get().starts_with('{') {
+        return Err(ReviewError::Malformed("request is not an object".into()));
+    }
+    let request: ShallowRequest<'_> =
+        serde_json::from_str(request.get()).map_err(|e| ReviewError::Malformed(clip(e).text()))?;
+    let uid = request
+        .uid
+        .filter(|r| r.get() != "null")
+        .ok_or(ReviewError::NoUid)?;
+    let uid = raw_string(uid)
+        .ok_or_else(|| ReviewError::Malformed("request.uid is not a string".into()))?;
+    if uid.is_empty() {
+        return Err(ReviewError::NoUid);
+    }
+    Ok(uid.into_owned())
+}
+
 #[derive(Serialize)]
 struct ReviewOut<'a> {
     #[serde(rename = "apiVersion")]
@@ -229,8 +293,33 @@ impl Admission {
 
     /// Review one request body: count it, time it, and log the decision.
     pub fn handle(&self, body: &[u8]) -> Result<Reviewed, ReviewError> {
+        self.counted(|| self.review(body))
+    }
+
+    /// Answer a review without decoding its object: only the envelope is read, with every
+    /// value kept as raw JSON text until it is known to be of the right type, so that no
+    /// error message can quote a long string. For bodies whose longest string
+    /// (`longest` bytes) would cost more memory to decode than the server may spend
+    /// (`server::QUOTE_OVERHEAD`): such a string is longer than any object the API server
+    /// can store, so the Pod is allowed unchanged, its uid echoed, and counted `invalid`.
+    pub fn handle_undecoded(&self, body: &[u8], longest: usize) -> Result<Reviewed, ReviewError> {
+        self.counted(|| {
+            let uid = shallow_uid(body)?;
+            tracing::warn!(
+                uid = %clip(&uid),
+                longest,
+                "review holds a string too long to decode within the memory budget; allowed unchanged without reading the Pod"
+            );
+            Ok(self.allow(&uid, Outcome::Invalid))
+        })
+    }
+
+    fn counted(
+        &self,
+        review: impl FnOnce() -> Result<Reviewed, ReviewError>,
+    ) -> Result<Reviewed, ReviewError> {
         let start = Instant::now();
-        let result = self.review(body);
+        let result = review();
         let outcome = match &result {
             Ok(r) => r.outcome,
             Err(e) => {
@@ -586,6 +675,52 @@ mod tests {
             );
             assert!(e.contains("… (1000"), "{e}");
             assert!(!e.contains('\n'));
+        }
+    }
+
+    #[test]
+    fn undecoded_reviews_echo_the_uid_and_allow_unchanged_with_the_same_checks() {
+        let a = admission();
+        for (body, uid) in [
+            (
+                pod_create("cr.yandex/crp1/app:1"),
+                "705ab4f5-6393-11e8-b7cc-42010a800002",
+            ),
+            (
+                {
+                    let mut v = pod_create("x");
+                    v["request"]["uid"] = json!("a\"b\\c\u{e9}");
+                    v["request"]["object"]["spec"]["containers"] = json!("a string");
+                    v
+                },
+                "a\"b\\c\u{e9}",
+            ),
+        ] {
+            let r = a
+                .handle_undecoded(&serde_json::to_vec(&body).unwrap(), 1 << 20)
+                .unwrap();
+            assert_eq!(r.outcome, Outcome::Invalid);
+            let out: Value = serde_json::from_slice(&r.body).unwrap();
+            assert_eq!(out["response"], json!({"uid": uid, "allowed": true}));
+        }
+        let cases: Vec<(&[u8], &str)> = vec![
+            (b"not json", "body is not an AdmissionReview"),
+            (br#"{"apiVersion":"admission.k8s.io/v1beta1","kind":"AdmissionReview","request":{"uid":"u"}}"#, "expected apiVersion admission.k8s.io/v1 kind AdmissionReview, got \"admission.k8s.io/v1beta1\""),
+            (br#"{"apiVersion":5,"kind":"AdmissionReview","request":{"uid":"u"}}"#, "expected apiVersion admission.k8s.io/v1 kind AdmissionReview, got \"5\""),
+            (br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#, "AdmissionReview has no request"),
+            (br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":null}"#, "AdmissionReview has no request"),
+            (br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":"xx"}"#, "body is not an AdmissionReview: request is not an object"),
+            (br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{}}"#, "AdmissionReview request has no uid"),
+            (br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":""}}"#, "AdmissionReview request has no uid"),
+            (br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":7}}"#, "body is not an AdmissionReview: request.uid is not a string"),
+        ];
+        for (body, want) in cases {
+            let e = a.handle_undecoded(body, 1 << 20).unwrap_err().to_string();
+            assert!(
+                e.starts_with(want),
+                "{}: {e}",
+                String::from_utf8_lossy(body)
+            );
         }
     }
 

@@ -115,7 +115,7 @@ pub struct WebhookConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub max_request_body_bytes: Option<usize>,
-    /// Budget of all request bodies at once (each byte counts twice).
+    /// Budget of all request bodies at once (each charged for decoding too).
     #[serde(
         default,
         with = "limits::opt_size",

@@ -37,7 +37,7 @@ pub struct MetaView<'a> {
     #[serde(default, borrow, rename = "generateName", deserialize_with = "opt_cow")]
     pub generate_name: Option<Cow<'a, str>>,
     /// `metadata.annotations`.
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "bounded::map")]
     pub annotations: Option<BTreeMap<Cow<'a, str>, Cow<'a, str>>>,
 }
 
@@ -46,19 +46,19 @@ pub struct MetaView<'a> {
 #[serde(rename_all = "camelCase")]
 pub struct SpecView<'a> {
     /// `spec.containers`.
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "bounded::seq")]
     pub containers: Option<Vec<ContainerView<'a>>>,
     /// `spec.initContainers` (sidecars included).
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "bounded::seq")]
     pub init_containers: Option<Vec<ContainerView<'a>>>,
     /// `spec.ephemeralContainers`.
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "bounded::seq")]
     pub ephemeral_containers: Option<Vec<ContainerView<'a>>>,
     /// `spec.volumes` (image volumes carry an image reference).
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "bounded::seq")]
     pub volumes: Option<Vec<VolumeView<'a>>>,
     /// `spec.imagePullSecrets`: `None` when absent or null, `Some(vec![])` for `[]`.
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "bounded::seq")]
     pub image_pull_secrets: Option<Vec<SecretRefView<'a>>>,
 }
 
@@ -103,6 +103,97 @@ fn opt_cow<'de: 'a, 'a, D: serde::Deserializer<'de>>(
     struct Borrowed<'a>(#[serde(borrow)] Cow<'a, str>);
     Ok(Option::<Borrowed<'a>>::deserialize(d)?.map(|b| b.0))
 }
+
+/// Decoding with a bound on entries: a list or map of a Pod holds at most [`MAX_ENTRIES`]
+/// entries, and annotations borrow from the input. Each entry decodes to a struct of about
+/// 24 bytes, so without a bound 8 MiB of `{},{},...` made 64 MiB of `Vec` (more than the
+/// chart's whole memory limit with two such requests), and every annotation was two new
+/// strings. A Pod over the bound is not readable: it is allowed unchanged and counted.
+mod bounded {
+    use super::*;
+    use serde::de::{Deserializer, Error, MapAccess, SeqAccess, Visitor};
+    use std::fmt;
+    use std::marker::PhantomData;
+
+    struct Seq<T>(Vec<T>);
+
+    impl<'de, T: Deserialize<'de>> Deserialize<'de> for Seq<T> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V<T>(PhantomData<T>);
+            impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+                type Value = Seq<T>;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    write!(f, "a list of at most {MAX_ENTRIES} entries")
+                }
+                fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                    let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(16));
+                    while let Some(item) = seq.next_element()? {
+                        if out.len() == MAX_ENTRIES {
+                            return Err(A::Error::custom(format_args!(
+                                "a list of more than {MAX_ENTRIES} entries"
+                            )));
+                        }
+                        out.push(item);
+                    }
+                    Ok(Seq(out))
+                }
+            }
+            d.deserialize_seq(V(PhantomData))
+        }
+    }
+
+    /// `Option<Vec<T>>` of at most [`MAX_ENTRIES`] entries.
+    pub(super) fn seq<'de, D, T>(d: D) -> Result<Option<Vec<T>>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: Deserialize<'de>,
+    {
+        Ok(Option::<Seq<T>>::deserialize(d)?.map(|s| s.0))
+    }
+
+    #[derive(Deserialize)]
+    struct Borrowed<'a>(#[serde(borrow)] Cow<'a, str>);
+
+    type Annotations<'a> = BTreeMap<Cow<'a, str>, Cow<'a, str>>;
+
+    struct Map<'a>(Annotations<'a>);
+
+    impl<'de: 'a, 'a> Deserialize<'de> for Map<'a> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V<'a>(PhantomData<&'a ()>);
+            impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+                type Value = Map<'a>;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    write!(f, "a map of at most {MAX_ENTRIES} string entries")
+                }
+                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                    let mut out = BTreeMap::new();
+                    while let Some((Borrowed(k), Borrowed(v))) = map.next_entry()? {
+                        if out.len() == MAX_ENTRIES {
+                            return Err(A::Error::custom(format_args!(
+                                "a map of more than {MAX_ENTRIES} entries"
+                            )));
+                        }
+                        out.insert(k, v);
+                    }
+                    Ok(Map(out))
+                }
+            }
+            d.deserialize_map(V(PhantomData))
+        }
+    }
+
+    /// Annotations: at most [`MAX_ENTRIES`], borrowed from the input where unescaped.
+    pub(super) fn map<'de: 'a, 'a, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Annotations<'a>>, D::Error> {
+        Ok(Option::<Map<'a>>::deserialize(d)?.map(|m| m.0))
+    }
+}
+
+/// Most entries decoded in one list (`containers`, `volumes`...) or map (`annotations`) of
+/// a Pod; see `bounded`. Far above any real Pod, far below what a hostile body could hold.
+pub const MAX_ENTRIES: usize = 10_000;
 
 impl<'a> PodView<'a> {
     /// Decode the view from JSON bytes of a Pod.
@@ -294,6 +385,60 @@ mod tests {
             entry("corp", "corp-secret", &["*.corp.example.com"]),
             entry("team", "team-secret", &["cr.yandex/crpteam"]),
         ])
+    }
+
+    #[test]
+    fn lists_and_annotations_are_decoded_up_to_the_bound() {
+        let entries = |n: usize, item: &str| vec![item; n].join(",");
+        for field in [
+            "containers",
+            "initContainers",
+            "ephemeralContainers",
+            "volumes",
+            "imagePullSecrets",
+        ] {
+            let at = format!(
+                r#"{{"spec":{{"{field}":[{}]}}}}"#,
+                entries(MAX_ENTRIES, "{}")
+            );
+            assert!(PodView::from_slice(at.as_bytes()).is_ok(), "{field}");
+            let over = format!(
+                r#"{{"spec":{{"{field}":[{}]}}}}"#,
+                entries(MAX_ENTRIES + 1, "{}")
+            );
+            let e = PodView::from_slice(over.as_bytes())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("a list of more than 10000 entries"),
+                "{field}: {e}"
+            );
+        }
+        let annotations = |n: usize| {
+            let map: Vec<String> = (0..n).map(|i| format!(r#""k{i}":"v""#)).collect();
+            format!(r#"{{"metadata":{{"annotations":{{{}}}}}}}"#, map.join(","))
+        };
+        let at = annotations(MAX_ENTRIES);
+        let view = PodView::from_slice(at.as_bytes()).unwrap();
+        let decoded = view.metadata.annotations.unwrap();
+        assert_eq!(decoded.len(), MAX_ENTRIES);
+        assert!(
+            decoded
+                .iter()
+                .all(|(k, v)| matches!(k, Cow::Borrowed(_)) && matches!(v, Cow::Borrowed(_))),
+            "unescaped annotations borrow from the body"
+        );
+        let e = PodView::from_slice(annotations(MAX_ENTRIES + 1).as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("a map of more than 10000 entries"), "{e}");
+        // null and absent stay None; escaped strings are unescaped.
+        let v = PodView::from_slice(
+            br#"{"metadata":{"annotations":{"a\u0062":"c\"d"}},"spec":{"containers":null}}"#,
+        )
+        .unwrap();
+        assert_eq!(v.metadata.annotations.unwrap()["ab"], "c\"d");
+        assert!(v.spec.unwrap().containers.is_none());
     }
 
     fn pod(v: Value) -> Value {

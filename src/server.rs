@@ -44,9 +44,35 @@ mod conn;
 /// objects etcd stored (1.5 MiB), which stay well inside the same 8 MiB.
 pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 
-/// Default bound on the bytes charged for all request bodies at once (each buffered byte
-/// counts twice: see [`BodyLimits`]).
+/// Memory that decoding a review may take beyond its body, in multiples of the body's size,
+/// not counting what a long string in the wrong place costs ([`QUOTE_OVERHEAD`]): every
+/// body is charged `1 + DECODE_OVERHEAD` times its buffer while it arrives. Decoding
+/// borrows strings from the body; what it copies (unescaped strings, image references that
+/// do not parse) is at most about the body again (tests/decode_memory.rs measures it).
+pub const DECODE_OVERHEAD: usize = 2;
+
+/// Memory that decoding may take per byte of the body's longest string: when a string
+/// stands where an object or a list belongs, serde's error message quotes it whole, in
+/// Rust's escaped form (up to 3.5 times its UTF-8, for combining marks), built by doubling
+/// a buffer whose growth may copy it, next to the unescaped string it quotes. A body is
+/// charged this times its longest string before it is decoded. One for which that could
+/// never fit the budget is not decoded: its envelope is read without decoding the Pod
+/// and the Pod is allowed unchanged (`Admission::handle_undecoded`). With the defaults
+/// that takes a string of over 0.66 MiB in an 8 MiB body, over 2 MiB in a small one:
+/// longer than anything the API server can store in a Pod (etcd's limit is 1.5 MiB for
+/// the whole object, annotations 256 KiB together).
+pub const QUOTE_OVERHEAD: usize = 12;
+
+/// Default bound on the bytes charged for all request bodies at once: the largest body
+/// with what decoding it takes (`(1 + DECODE_OVERHEAD) x 8 MiB`) and room for ordinary
+/// reviews (5-50 KB) next to it.
 pub const MAX_BUFFERED_BODY_BYTES: usize = 32 * 1024 * 1024;
+
+/// What decoding `body` may take beyond the body itself, as charged against the budget:
+/// [`DECODE_OVERHEAD`] times its length and [`QUOTE_OVERHEAD`] times its longest string.
+pub fn decode_charge(body: &[u8]) -> usize {
+    DECODE_OVERHEAD * body.len() + QUOTE_OVERHEAD * body::longest_string(body)
+}
 
 /// Connection limits of one server (port).
 #[derive(Debug, Clone)]
@@ -80,7 +106,7 @@ impl Limits {
     /// review on a connection we are closing.
     pub fn webhook() -> Self {
         Self {
-            max_connections: 256,
+            max_connections: 128,
             handshake_timeout: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(10),
@@ -110,8 +136,8 @@ impl Default for Limits {
 
 /// Limits on the webhook's request bodies.
 ///
-/// Each buffered byte is charged twice against `max_buffered_bytes`: once for the buffer
-/// and once for what decoding it may allocate. A request that finds no room waits up to
+/// Each body is charged `1 + DECODE_OVERHEAD` times its buffer against `max_buffered_bytes`:
+/// the buffer and what decoding it may take. A request that finds no room waits up to
 /// `wait`, then gets 503 with `Retry-After: 1`; with `failurePolicy: Ignore` the API server
 /// then admits the Pod unchanged, as for any webhook failure (fail-open, never refused).
 #[derive(Debug, Clone)]
@@ -179,7 +205,7 @@ async fn mutate(State(webhook): State<Arc<Webhook>>, request: Request) -> Respon
         }
     }
     let declared = body.size_hint().exact();
-    let (bytes, charge) = match body::read(body, declared, &webhook.limits, &webhook.budget).await {
+    let received = match body::read(body, declared, &webhook.limits, &webhook.budget).await {
         Ok(read) => read,
         Err(body::BodyError::TooLarge) => {
             return (
@@ -204,14 +230,33 @@ async fn mutate(State(webhook): State<Arc<Webhook>>, request: Request) -> Respon
             )
                 .into_response();
         }
+        Err(body::BodyError::Stalled) => {
+            tracing::debug!("a request body stalled while others needed the budget; cut");
+            return (
+                StatusCode::REQUEST_TIMEOUT,
+                [(header::CONNECTION, "close")],
+                "request body stalled\n",
+            )
+                .into_response();
+        }
         Err(body::BodyError::Read(e)) => {
             tracing::debug!(error = %e, "reading a request body failed");
             return (StatusCode::BAD_REQUEST, "failed to read the request body\n").into_response();
         }
     };
+    let body::Received {
+        bytes,
+        charge,
+        too_costly,
+    } = received;
+    let bytes_len = bytes.len();
     let admission = webhook.admission.clone();
-    let answer = if bytes.len() >= DECODE_ON_BLOCKING_POOL {
-        match tokio::task::spawn_blocking(move || admission.handle(&bytes)).await {
+    let decode = move || match too_costly {
+        None => admission.handle(&bytes),
+        Some(longest) => admission.handle_undecoded(&bytes, longest),
+    };
+    let answer = if bytes_len >= DECODE_ON_BLOCKING_POOL {
+        match tokio::task::spawn_blocking(decode).await {
             Ok(answer) => answer,
             Err(e) => {
                 tracing::error!(error = %e, "decoding a review panicked");
@@ -219,7 +264,7 @@ async fn mutate(State(webhook): State<Arc<Webhook>>, request: Request) -> Respon
             }
         }
     } else {
-        admission.handle(&bytes)
+        decode()
     };
     drop(charge);
     match answer {

@@ -868,6 +868,30 @@ async fn body_over_8_mib_is_413_with_content_length_and_with_chunked_encoding() 
 }
 
 #[tokio::test]
+async fn a_string_too_long_to_decode_within_the_memory_budget_is_allowed_unchanged_undecoded() {
+    // 3 MiB of "x" where the containers list belongs: decoding it could build an error
+    // message several times that, more than the whole default budget (32 MiB) allows. The
+    // envelope is read without decoding the Pod: allowed unchanged, uid echoed.
+    let srv = Server::start(Limits {
+        request_timeout: Duration::from_secs(10),
+        ..short_limits()
+    })
+    .await;
+    let body = format!(
+        r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{{"uid":"u-1","resource":{{"group":"","version":"v1","resource":"pods"}},"operation":"CREATE","object":{{"spec":{{"containers":"{}"}}}}}}}}"#,
+        "x".repeat(3 << 20)
+    );
+    let a = post_streaming(&srv, post_head(body.len()), body.into_bytes(), false).await;
+    assert_eq!(a.status, 200, "{a:?}");
+    let v: Value = serde_json::from_slice(&a.body).unwrap();
+    assert_eq!(
+        v["response"],
+        serde_json::json!({"uid": "u-1", "allowed": true})
+    );
+    srv.assert_serving().await;
+}
+
+#[tokio::test]
 async fn too_many_or_too_large_headers_are_refused() {
     let srv = Server::start(short_limits()).await;
     let mut head = String::from("POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n");

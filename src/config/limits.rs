@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-use crate::server::{BodyLimits, Limits};
+use crate::server::{BodyLimits, DECODE_OVERHEAD, Limits};
 
 use super::{AdminConfig, FieldError, WebhookConfig};
 
@@ -107,12 +107,13 @@ pub(super) fn webhook(c: &WebhookConfig, errors: Errors<'_>) -> (Limits, BodyLim
         None => b.max_body_bytes,
     };
     let max_buffered_bytes = c.max_buffered_body_bytes.unwrap_or(b.max_buffered_bytes);
-    if max_buffered_bytes / 2 < max_body_bytes {
+    let factor = 1 + DECODE_OVERHEAD;
+    if max_buffered_bytes / factor < max_body_bytes {
         err(
             errors,
             "webhook.maxBufferedBodyBytes",
             format!(
-                "{max_buffered_bytes} is less than twice webhook.maxRequestBodyBytes ({max_body_bytes}): each buffered byte counts twice, so the largest body would never fit"
+                "{max_buffered_bytes} is less than {factor} x webhook.maxRequestBodyBytes ({max_body_bytes}): a body is charged at least {factor} times its size (the buffer and decoding it), so the largest body would never fit"
             ),
         );
     }
@@ -258,7 +259,7 @@ mod tests {
     #[test]
     fn every_limit_field_is_read() {
         let s = load(
-            "webhook:\n  maxConnections: 10\n  handshakeTimeout: 1s\n  headerReadTimeout: 2s\n  requestTimeout: 3s\n  idleTimeout: 4s\n  http2KeepAliveInterval: 5s\n  http2KeepAliveTimeout: 6s\n  maxRequestBodyBytes: 1Mi\n  maxBufferedBodyBytes: 4194304\nadmin:\n  maxConnections: 7\n  headerReadTimeout: 8s\n  requestTimeout: 9s\n  idleTimeout: 11s\n",
+            "webhook:\n  maxConnections: 10\n  handshakeTimeout: 1s\n  headerReadTimeout: 2s\n  requestTimeout: 3s\n  idleTimeout: 4s\n  http2KeepAliveInterval: 5s\n  http2KeepAliveTimeout: 6s\n  maxRequestBodyBytes: 1Mi\n  maxBufferedBodyBytes: 3145728\nadmin:\n  maxConnections: 7\n  headerReadTimeout: 8s\n  requestTimeout: 9s\n  idleTimeout: 11s\n",
         )
         .unwrap();
         let w = &s.webhook_limits;
@@ -283,7 +284,7 @@ mod tests {
             )
         );
         assert_eq!(s.body_limits.max_body_bytes, 1 << 20);
-        assert_eq!(s.body_limits.max_buffered_bytes, 4 << 20);
+        assert_eq!(s.body_limits.max_buffered_bytes, 3 << 20);
         let a = &s.admin_limits;
         assert_eq!(
             (
@@ -306,14 +307,14 @@ mod tests {
     #[test]
     fn bad_limits_name_the_field() {
         let e = load(
-            "webhook:\n  maxConnections: 0\n  idleTimeout: 0s\n  maxRequestBodyBytes: 8Mi\n  maxBufferedBodyBytes: 10Mi\nadmin:\n  headerReadTimeout: 0s\n",
+            "webhook:\n  maxConnections: 0\n  idleTimeout: 0s\n  maxRequestBodyBytes: 8Mi\n  maxBufferedBodyBytes: 23Mi\nadmin:\n  headerReadTimeout: 0s\n",
         )
         .unwrap_err()
         .to_string();
         for want in [
             "webhook.maxConnections: must be at least 1",
             "webhook.idleTimeout: must be longer than 0s",
-            "webhook.maxBufferedBodyBytes: 10485760 is less than twice webhook.maxRequestBodyBytes (8388608)",
+            "webhook.maxBufferedBodyBytes: 24117248 is less than 3 x webhook.maxRequestBodyBytes (8388608)",
             "admin.headerReadTimeout: must be longer than 0s",
         ] {
             assert!(e.contains(want), "{want:?} not in {e}");

@@ -1,35 +1,53 @@
 //! Request bodies under a process-wide memory budget.
 //!
 //! Each body is bounded on its own ([`BodyLimits::max_body_bytes`], 413 above) and all bodies
-//! being buffered at once share one budget ([`BodyLimits::max_buffered_bytes`]). A body is
-//! charged as its bytes arrive, not by the length it declares: a client that sends headers
-//! announcing 8 MiB and then stalls holds nothing, so only data actually received can fill
-//! the budget. Every byte is charged twice, once for the buffer and once for what decoding
-//! it may allocate (serde's error messages quote an offending string in full, and unescaped
-//! strings are copied), so that the budget bounds memory, not only buffers.
+//! being buffered and decoded at once share one budget ([`BodyLimits::max_buffered_bytes`]).
+//! A body is charged for what it has actually sent, not for the length it declares: its
+//! buffer grows by doubling from what arrived (never past the declared length), and the
+//! charge is that buffer's capacity times `1 +` [`DECODE_OVERHEAD`](super::DECODE_OVERHEAD):
+//! the buffer, and what decoding it may take on top. Once it has arrived, its longest
+//! string is charged [`QUOTE_OVERHEAD`](super::QUOTE_OVERHEAD) times (what an error quoting
+//! it may take); a body for which that would exceed the whole budget is not decoded (see
+//! `Admission::handle_undecoded`). Both bounds are checked against measurements of the
+//! worst bodies in tests/decode_memory.rs.
+//! So a client that announces 8 MiB and sends a byte holds almost nothing, and the budget
+//! bounds memory, not only buffers.
 //!
-//! When the budget is full a request waits up to [`BodyLimits::wait`] for room, then gets 503
-//! with `Retry-After`. For the API server that is the same outcome as any other webhook
-//! failure with `failurePolicy: Ignore`: the Pod is admitted unchanged (fail-open), never
-//! refused. Waiting briefly instead of answering at once lets a burst of large legitimate
-//! reviews queue behind each other; a waiter that gives up releases what it held, so large
-//! bodies that each hold part of the budget cannot block each other for longer than that.
+//! When the budget is full, a request first cuts the body that has held part of it the
+//! longest without receiving anything for [`STALLED`] (that one gets 408): clients that
+//! send most of a body and stop cannot keep the budget from those that send theirs. When
+//! every holder is making progress, it waits up to [`BodyLimits::wait`] for room (each time
+//! its buffer must grow), then gets
+//! 503 with `Retry-After`. Bodies that already hold part of the budget and need more would
+//! wait for each other forever (each holding what the others need): of those, only the one
+//! holding the most waits, the others give up at once. For the API server 408 and 503 are
+//! what any other webhook failure is with `failurePolicy: Ignore`: the Pod is admitted
+//! unchanged (fail-open), never refused. Waiting briefly instead of answering at once lets
+//! a burst of reviews queue behind a large one.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::body::Body;
 use http_body_util::BodyExt;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use super::BodyLimits;
 
-/// Bytes charged per byte buffered: the buffer, and as much again for decoding it.
-const CHARGE_FACTOR: usize = 2;
+/// Bytes charged per byte of buffer capacity: the buffer, and what decoding may take.
+pub(crate) const CHARGE_FACTOR: usize = 1 + super::DECODE_OVERHEAD;
 
-/// Largest buffer reserved up front from a declared `Content-Length`; larger bodies grow
-/// the buffer as they arrive (the allocation is only address space until written, but a
-/// lie about the length should not cost even that).
-const PREALLOCATE_MAX: usize = 1024 * 1024;
+/// Smallest allocation for a body: a whole typical review (5-50 KB) arrives in one or two
+/// chunks, so it is allocated once or twice.
+const MIN_ALLOCATION: usize = 4 * 1024;
+
+/// A body that received nothing for this long may be cut (408) to make room for others
+/// when the budget is full. The API server writes a body in one go, right after its
+/// headers.
+pub(crate) const STALLED: Duration = Duration::from_secs(1);
 
 /// The shared budget of buffered body bytes.
 #[derive(Debug)]
@@ -37,6 +55,24 @@ pub(crate) struct Budget {
     capacity: usize,
     used: AtomicUsize,
     freed: Notify,
+    epoch: Instant,
+    next_id: AtomicU64,
+    /// Bodies holding part of the budget.
+    holders: Mutex<HashMap<u64, Arc<Holder>>>,
+}
+
+/// A body holding part of the budget, as the budget sees it.
+#[derive(Debug)]
+struct Holder {
+    /// Milliseconds (budget clock) when it last received data.
+    progress: AtomicU64,
+    /// What it holds.
+    charged: AtomicUsize,
+    /// Waiting for more room (not reading: it has not stalled, we stopped it).
+    waiting: AtomicBool,
+    /// Asked to give up its part.
+    cut: AtomicBool,
+    wake: Notify,
 }
 
 impl Budget {
@@ -45,12 +81,23 @@ impl Budget {
             capacity,
             used: AtomicUsize::new(0),
             freed: Notify::new(),
+            epoch: Instant::now(),
+            next_id: AtomicU64::new(0),
+            holders: Mutex::new(HashMap::new()),
         })
     }
 
     /// Bytes charged now (tests and logs).
     pub(crate) fn used(&self) -> usize {
         self.used.load(Ordering::Acquire)
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn holders(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Holder>>> {
+        self.holders.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn try_take(&self, bytes: usize) -> bool {
@@ -67,6 +114,41 @@ impl Budget {
             self.freed.notify_waiters();
         }
     }
+
+    /// Ask the body stalled the longest (other than `me`) to give up its part. False when
+    /// no holder has been stalled for [`STALLED`].
+    fn cut_stalled(&self, me: u64) -> bool {
+        let Some(limit) = self.now_ms().checked_sub(STALLED.as_millis() as u64) else {
+            return false; // younger than STALLED: nobody can have stalled that long
+        };
+        let holders = self.holders();
+        let stalest = holders
+            .iter()
+            .filter(|(id, h)| {
+                **id != me && !h.cut.load(Ordering::Acquire) && !h.waiting.load(Ordering::Acquire)
+            })
+            .map(|(_, h)| (h.progress.load(Ordering::Acquire), h))
+            .filter(|(at, _)| *at <= limit)
+            .min_by_key(|(at, _)| *at);
+        match stalest {
+            Some((_, h)) => {
+                h.cut.store(true, Ordering::Release);
+                h.wake.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether another body that holds more than `me` (ties: the older) waits for room.
+    fn bigger_waiter(&self, me: u64, mine: usize) -> bool {
+        self.holders().iter().any(|(id, h)| {
+            *id != me
+                && h.waiting.load(Ordering::Acquire)
+                && (h.charged.load(Ordering::Acquire), std::cmp::Reverse(*id))
+                    > (mine, std::cmp::Reverse(me))
+        })
+    }
 }
 
 /// What a body holds of the budget; given back when dropped.
@@ -74,6 +156,9 @@ impl Budget {
 pub(crate) struct Charge {
     budget: Arc<Budget>,
     bytes: usize,
+    id: u64,
+    holder: Arc<Holder>,
+    registered: bool,
 }
 
 impl Charge {
@@ -81,11 +166,47 @@ impl Charge {
         Self {
             budget: budget.clone(),
             bytes: 0,
+            id: budget.next_id.fetch_add(1, Ordering::Relaxed),
+            holder: Arc::new(Holder {
+                progress: AtomicU64::new(budget.now_ms()),
+                charged: AtomicUsize::new(0),
+                waiting: AtomicBool::new(false),
+                cut: AtomicBool::new(false),
+                wake: Notify::new(),
+            }),
+            registered: false,
         }
     }
 
-    /// Take `bytes` more, waiting until `deadline` for room. False when there was none.
-    async fn grow(&mut self, bytes: usize, deadline: tokio::time::Instant) -> bool {
+    /// Data arrived.
+    fn progress(&self) {
+        self.holder
+            .progress
+            .store(self.budget.now_ms(), Ordering::Release);
+    }
+
+    /// Resolves when the budget asks this body to give up its part.
+    async fn cut(&self) {
+        loop {
+            let woken = self.holder.wake.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if self.holder.cut.load(Ordering::Acquire) {
+                return;
+            }
+            woken.await;
+        }
+    }
+
+    /// Take `bytes` more, cutting stalled bodies or waiting up to `wait` for room. False
+    /// when there was none.
+    async fn grow(&mut self, bytes: usize, wait: Duration) -> bool {
+        let got = self.take(bytes, Instant::now() + wait).await;
+        self.holder.waiting.store(false, Ordering::Release);
+        got
+    }
+
+    async fn take(&mut self, bytes: usize, deadline: Instant) -> bool {
         loop {
             let freed = self.budget.freed.notified();
             tokio::pin!(freed);
@@ -94,17 +215,46 @@ impl Charge {
             freed.as_mut().enable();
             if self.budget.try_take(bytes) {
                 self.bytes += bytes;
+                self.holder.charged.store(self.bytes, Ordering::Release);
+                if !self.registered {
+                    self.registered = true;
+                    self.budget.holders().insert(self.id, self.holder.clone());
+                }
                 return true;
             }
-            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+            let cut = self.budget.cut_stalled(self.id);
+            if self.registered {
+                // Holding part and waiting for more: only the biggest such body waits.
+                self.holder.waiting.store(true, Ordering::Release);
+                if !cut && self.budget.bigger_waiter(self.id, self.bytes) {
+                    return false;
+                }
+            }
+            // After a cut, the room comes when that body lets go (its task wakes and
+            // drops its charge); otherwise when anyone finishes, or a holder stalls.
+            let wait = if cut {
+                deadline
+            } else {
+                deadline.min(Instant::now() + STALLED / 4)
+            };
+            if tokio::time::timeout_at(wait, freed).await.is_err() && Instant::now() >= deadline {
                 return false;
             }
+        }
+    }
+
+    /// The whole body arrived: it keeps its part while it is decoded, but is no longer a
+    /// body that could stall.
+    fn received(&mut self) {
+        if std::mem::take(&mut self.registered) {
+            self.budget.holders().remove(&self.id);
         }
     }
 }
 
 impl Drop for Charge {
     fn drop(&mut self) {
+        self.received();
         self.budget.give_back(self.bytes);
     }
 }
@@ -116,8 +266,20 @@ pub(crate) enum BodyError {
     TooLarge,
     /// No room in the budget within the wait.
     Busy,
+    /// It stalled while the budget was full, and was cut to make room.
+    Stalled,
     /// The client's stream failed.
     Read(String),
+}
+
+/// A body that arrived whole, with its part of the budget.
+#[derive(Debug)]
+pub(crate) struct Received {
+    pub bytes: Vec<u8>,
+    pub charge: Charge,
+    /// Its longest string, when decoding it could take more than the whole budget: it must
+    /// not be decoded.
+    pub too_costly: Option<usize>,
 }
 
 /// Read a whole body within `limits`, charging `budget` as it arrives.
@@ -126,33 +288,91 @@ pub(crate) async fn read(
     declared: Option<u64>,
     limits: &BodyLimits,
     budget: &Arc<Budget>,
-) -> Result<(Vec<u8>, Charge), BodyError> {
+) -> Result<Received, BodyError> {
     let max = limits.max_body_bytes;
     let declared = match declared {
         Some(n) if n > max as u64 => return Err(BodyError::TooLarge),
         Some(n) => Some(n as usize),
         None => None,
     };
+    let ceiling = declared.unwrap_or(max);
     let mut charge = Charge::new(budget);
-    let deadline = tokio::time::Instant::now() + limits.wait;
-    let mut buf = Vec::with_capacity(declared.unwrap_or(0).min(PREALLOCATE_MAX));
+    let mut buf: Vec<u8> = Vec::new();
     let mut body = body;
-    while let Some(frame) = body.frame().await {
+    loop {
+        let frame = tokio::select! {
+            frame = body.frame() => frame,
+            _ = charge.cut() => return Err(BodyError::Stalled),
+        };
+        let Some(frame) = frame else { break };
         let frame = frame.map_err(|e| BodyError::Read(e.to_string()))?;
         let Ok(data) = frame.into_data() else {
             continue; // trailers
         };
+        charge.progress();
         let len = buf.len() + data.len();
-        if len > max || declared.is_some_and(|d| len > d) {
+        if len > ceiling {
             return Err(BodyError::TooLarge);
         }
-        let owed = len * CHARGE_FACTOR;
-        if owed > charge.bytes && !charge.grow(owed - charge.bytes, deadline).await {
-            return Err(BodyError::Busy);
+        if len > buf.capacity() {
+            // Double what is there (the declared length when that is close), never past
+            // the declared length or the limit.
+            let capacity = (buf.capacity() * 2)
+                .max(MIN_ALLOCATION)
+                .max(len)
+                .min(ceiling);
+            let capacity = if declared.is_some_and(|d| d <= capacity * 2) {
+                ceiling
+            } else {
+                capacity
+            };
+            let owed = capacity * CHARGE_FACTOR;
+            if owed > charge.bytes && !charge.grow(owed - charge.bytes, limits.wait).await {
+                return Err(BodyError::Busy);
+            }
+            buf.reserve_exact(capacity - buf.len());
         }
         buf.extend_from_slice(&data);
     }
-    Ok((buf, charge))
+    let longest = longest_string(&buf);
+    let quote = super::QUOTE_OVERHEAD * longest;
+    let too_costly = charge.bytes + quote > budget.capacity;
+    if !too_costly && quote > 0 && !charge.grow(quote, limits.wait).await {
+        return Err(BodyError::Busy);
+    }
+    charge.received();
+    Ok(Received {
+        bytes: buf,
+        charge,
+        too_costly: too_costly.then_some(longest),
+    })
+}
+
+/// Length of the longest string token in JSON text, between its quotes, escapes included.
+/// Not a validator: in malformed text it measures from a quote to the next unescaped one
+/// (or the end), which bounds what a parser could quote from there.
+pub(crate) fn longest_string(json: &[u8]) -> usize {
+    let mut longest = 0;
+    let mut at = 0;
+    while let Some(open) = json.get(at..).and_then(|rest| memchr::memchr(b'"', rest)) {
+        let start = at + open + 1;
+        let mut i = start;
+        loop {
+            match json
+                .get(i..)
+                .and_then(|rest| memchr::memchr2(b'"', b'\\', rest))
+            {
+                Some(k) if json[i + k] == b'\\' => i += k + 2,
+                Some(k) => {
+                    longest = longest.max(i + k - start);
+                    at = i + k + 1;
+                    break;
+                }
+                None => return longest.max(json.len().saturating_sub(start)),
+            }
+        }
+    }
+    longest
 }
 
 #[cfg(test)]
@@ -163,6 +383,27 @@ mod tests {
     use hyper::body::Frame;
     use std::convert::Infallible;
     use std::time::Duration;
+
+    #[test]
+    fn longest_string_counts_escapes_and_skips_escaped_quotes() {
+        for (json, want) in [
+            (&br#"{}"#[..], 0),
+            (br#"{"a":"bcd"}"#, 3),
+            (br#"{"a":"b\"c\\","long key":1}"#, 8),
+            (br#"["\u0001\u0001"]"#, 12),
+            (br#"{"unterminated": "abc"#, 12),
+            (br#"["abcdefg"#, 7),
+            (br#"{"a":"x\"#, 2),
+            (b"\"", 0),
+        ] {
+            assert_eq!(
+                longest_string(json),
+                want,
+                "{}",
+                String::from_utf8_lossy(json)
+            );
+        }
+    }
 
     fn limits(max: usize, budget: usize, wait_ms: u64) -> BodyLimits {
         BodyLimits {
@@ -177,13 +418,35 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_body_is_charged_twice_its_size_until_dropped() {
-        let budget = Budget::new(1000);
-        let (buf, charge) = read(full(300), Some(300), &limits(500, 1000, 0), &budget)
+    async fn a_body_is_charged_for_its_buffer_and_decoding_until_dropped() {
+        let budget = Budget::new(10_000);
+        let Received {
+            bytes: buf, charge, ..
+        } = read(full(300), Some(300), &limits(500, 10_000, 0), &budget)
             .await
             .unwrap();
         assert_eq!(buf.len(), 300);
-        assert_eq!(budget.used(), 600);
+        assert_eq!(buf.capacity(), 300, "the declared length is allocated once");
+        assert_eq!(budget.used(), 300 * CHARGE_FACTOR);
+        drop(charge);
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_body_of_unknown_length_is_charged_for_its_buffer_as_it_grows() {
+        let budget = Budget::new(100 << 20);
+        let chunks: Vec<Result<Frame<Bytes>, Infallible>> = (0..10)
+            .map(|_| Ok(Frame::data(Bytes::from(vec![7u8; 100_000]))))
+            .collect();
+        let body = Body::new(StreamBody::new(futures::stream::iter(chunks)));
+        let Received {
+            bytes: buf, charge, ..
+        } = read(body, None, &limits(8 << 20, 100 << 20, 0), &budget)
+            .await
+            .unwrap();
+        assert_eq!(buf.len(), 1_000_000);
+        assert_eq!(budget.used(), CHARGE_FACTOR * buf.capacity());
+        assert!(buf.capacity() < 2 * buf.len(), "{}", buf.capacity());
         drop(charge);
         assert_eq!(budget.used(), 0);
     }
@@ -210,33 +473,37 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_budget_answers_busy_after_the_wait_and_holds_nothing() {
-        let budget = Budget::new(1000);
-        let l = limits(500, 1000, 50);
-        let (_a, held) = read(full(400), None, &l, &budget).await.unwrap();
-        assert_eq!(budget.used(), 800);
+        let budget = Budget::new(500 * CHARGE_FACTOR);
+        let l = limits(500, 500 * CHARGE_FACTOR, 50);
+        let Received { charge: held, .. } = read(full(400), Some(400), &l, &budget).await.unwrap();
+        assert_eq!(budget.used(), 400 * CHARGE_FACTOR);
         let start = std::time::Instant::now();
         assert!(matches!(
             read(full(200), None, &l, &budget).await,
             Err(BodyError::Busy)
         ));
         assert!(start.elapsed() >= Duration::from_millis(50));
-        assert_eq!(budget.used(), 800, "the refused body gave back its part");
+        assert_eq!(
+            budget.used(),
+            400 * CHARGE_FACTOR,
+            "the refused body gave back its part"
+        );
         drop(held);
         assert_eq!(budget.used(), 0);
     }
 
     #[tokio::test]
     async fn a_waiting_body_proceeds_when_room_is_freed() {
-        let budget = Budget::new(1000);
-        let l = limits(500, 1000, 5_000);
-        let (_a, held) = read(full(400), None, &l, &budget).await.unwrap();
+        let budget = Budget::new(500 * CHARGE_FACTOR);
+        let l = limits(500, 500 * CHARGE_FACTOR, 5_000);
+        let Received { charge: held, .. } = read(full(400), Some(400), &l, &budget).await.unwrap();
         let waiter = tokio::spawn({
             let budget = budget.clone();
             let l = l.clone();
             async move {
                 read(full(300), None, &l, &budget)
                     .await
-                    .map(|(b, _)| b.len())
+                    .map(|r| r.bytes.len())
             }
         });
         tokio::time::sleep(Duration::from_millis(30)).await;
@@ -247,36 +514,114 @@ mod tests {
 
     #[tokio::test]
     async fn a_stalled_body_holds_only_what_it_sent() {
-        let budget = Budget::new(100_000);
+        let budget = Budget::new(50_000 * CHARGE_FACTOR);
         let (mut tx, rx) = futures::channel::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
         let reader = tokio::spawn({
             let budget = budget.clone();
             async move {
-                let l = limits(50_000, 100_000, 1000);
+                let l = limits(50_000, 50_000 * CHARGE_FACTOR, 1000);
                 read(Body::new(StreamBody::new(rx)), Some(40_000), &l, &budget)
                     .await
-                    .map(|(b, _)| b.len())
+                    .map(|r| r.bytes.len())
             }
         });
         tx.try_send(Ok(Frame::data(Bytes::from(vec![1u8; 1000]))))
             .unwrap();
         let start = std::time::Instant::now();
-        while budget.used() < 2000 {
+        while budget.used() == 0 {
             assert!(
                 start.elapsed() < Duration::from_secs(5),
                 "first chunk charged"
             );
             tokio::task::yield_now().await;
         }
-        assert_eq!(
-            budget.used(),
-            2000,
-            "1000 bytes received of the 40,000 declared"
-        );
+        // 1000 bytes of the 40,000 declared arrived: the smallest allocation (4 KiB) is
+        // charged, not the declared length, nor the 50,000 the limit would allow.
+        assert_eq!(budget.used(), CHARGE_FACTOR * MIN_ALLOCATION);
         drop(tx);
         // The client went away: the body is shorter than declared, which is not our
         // business here (hyper reports a truncated body as an error); the charge is gone.
         let _ = reader.await.unwrap();
         assert_eq!(budget.used(), 0);
+    }
+
+    /// A body that sends `first` bytes, then holds its stream open: sending `trickle`
+    /// bytes every 200 ms when `trickle` > 0. Dropping the sender ends it.
+    fn stalling(first: usize, trickle: usize) -> (Body, tokio::task::JoinHandle<()>) {
+        let (mut tx, rx) = futures::channel::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
+        let feeder = tokio::spawn(async move {
+            use futures::SinkExt;
+            let _ = tx
+                .send(Ok(Frame::data(Bytes::from(vec![1u8; first]))))
+                .await;
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if trickle > 0
+                    && tx
+                        .send(Ok(Frame::data(Bytes::from(vec![2u8; trickle]))))
+                        .await
+                        .is_err()
+                {
+                    return;
+                }
+            }
+        });
+        (Body::new(StreamBody::new(rx)), feeder)
+    }
+
+    #[tokio::test]
+    async fn a_stalled_body_is_cut_when_another_needs_the_room() {
+        let room = CHARGE_FACTOR * MIN_ALLOCATION;
+        let budget = Budget::new(room + room / 2);
+        let l = limits(50_000, room + room / 2, 5_000);
+        let (body, feeder) = stalling(1000, 0);
+        let stalled = tokio::spawn({
+            let (budget, l) = (budget.clone(), l.clone());
+            async move {
+                read(body, Some(40_000), &l, &budget)
+                    .await
+                    .map(|r| r.bytes.len())
+            }
+        });
+        while budget.used() == 0 {
+            tokio::task::yield_now().await;
+        }
+        let start = std::time::Instant::now();
+        let Received { bytes: buf, .. } = read(full(4000), Some(4000), &l, &budget).await.unwrap();
+        assert_eq!(buf.len(), 4000);
+        assert!(
+            start.elapsed() >= STALLED - Duration::from_millis(50),
+            "{:?}",
+            start.elapsed()
+        );
+        assert!(matches!(stalled.await.unwrap(), Err(BodyError::Stalled)));
+        feeder.abort();
+    }
+
+    #[tokio::test]
+    async fn a_body_still_receiving_is_not_cut() {
+        let room = CHARGE_FACTOR * MIN_ALLOCATION;
+        let budget = Budget::new(room + room / 2);
+        let l = limits(50_000, room + room / 2, 1_500);
+        // 1000 bytes, then 10 bytes every 200 ms: slow, but never stalled for a second.
+        let (body, feeder) = stalling(1000, 10);
+        let slow = tokio::spawn({
+            let (budget, l) = (budget.clone(), l.clone());
+            async move {
+                read(body, Some(40_000), &l, &budget)
+                    .await
+                    .map(|r| r.bytes.len())
+            }
+        });
+        while budget.used() == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert!(matches!(
+            read(full(4000), Some(4000), &l, &budget).await,
+            Err(BodyError::Busy)
+        ));
+        assert!(!slow.is_finished(), "the slow body keeps going");
+        feeder.abort();
+        let _ = slow.await;
     }
 }

@@ -268,6 +268,11 @@ impl Injector {
         }
     }
 
+    /// Process id of the running binary.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("injector is running").id()
+    }
+
     /// `https://127.0.0.1:<port>/mutate`.
     pub fn url(&self) -> String {
         format!("https://127.0.0.1:{}/mutate", self.webhook_port)
