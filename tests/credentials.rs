@@ -89,10 +89,8 @@ async fn mints_a_token(bits: usize, prefix: bool) {
 
     let claims = iam.last_claims().expect("claims");
     assert_eq!(claims["iss"], key.service_account_id.as_str());
-    assert_eq!(
-        claims["aud"],
-        "https://iam.api.cloud.yandex.net/iam/v1/tokens"
-    );
+    // The audience is the endpoint's URL; the stand-in accepts only its own.
+    assert_eq!(claims["aud"], iam.endpoint());
     assert_eq!(
         claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
         3600
@@ -123,6 +121,48 @@ async fn authorized_key_4096_without_prefix_line_gets_a_token() {
 #[tokio::test]
 async fn authorized_key_4096_with_prefix_line_gets_a_token() {
     mints_a_token(4096, true).await;
+}
+
+#[tokio::test]
+async fn key_in_the_rest_api_layout_gets_a_token() {
+    let key = TestKey::shared(2048);
+    let iam = IamStandIn::start().await;
+    iam.register(key);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("key.json");
+    std::fs::write(&file, key.rest_key_json()).unwrap();
+    let cred = key_provider(&file, &iam.endpoint())
+        .fetch()
+        .await
+        .expect("token");
+    assert_eq!(iam.issued(), 1);
+    assert_eq!(
+        cred.password().map(|p| p.expose()),
+        Some("t1.stand-in-token-1")
+    );
+    let claims = iam.last_claims().unwrap();
+    assert_eq!(claims["iss"], key.service_account_id.as_str());
+}
+
+#[tokio::test]
+async fn jwt_for_another_url_of_the_service_is_refused_by_its_audience() {
+    // The same stand-in reached as "localhost": a JWT whose audience is not the service's
+    // own URL is refused, as the real service refuses one made for another endpoint.
+    let key = TestKey::shared(2048);
+    let iam = IamStandIn::start().await;
+    iam.register(key);
+    let dir = tempfile::tempdir().unwrap();
+    let other = iam.endpoint().replace("127.0.0.1", "localhost");
+    let provider = key_provider(&key.write_key_file(dir.path(), false), &other);
+    let err = provider.fetch().await.unwrap_err().to_string();
+    assert_eq!(
+        iam.rejections(),
+        vec![format!("Invalid JWT aud \"{other}\"")]
+    );
+    assert!(
+        err.contains("answered HTTP 401 Unauthorized: Invalid JWT aud"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -733,6 +773,29 @@ async fn json_key_that_is_not_a_key_file_is_refused() {
             file.display()
         )
     );
+}
+
+#[tokio::test]
+async fn json_key_in_the_rest_api_layout_is_refused_with_the_reason() {
+    let key = TestKey::shared(2048);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("key.json");
+    std::fs::write(&file, key.rest_key_json()).unwrap();
+    let e = static_fetch(CredentialSource::YandexJsonKey(FileSource {
+        file: file.clone(),
+    }))
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.starts_with(&format!(
+            "json key file {}: a key in the IAM REST API layout",
+            file.display()
+        )),
+        "{e}"
+    );
+    assert!(e.contains("use yandexAuthorizedKey"), "{e}");
+    no_key_material(&e, key);
 }
 
 #[tokio::test]

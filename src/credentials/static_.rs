@@ -19,7 +19,17 @@ pub(crate) async fn json_key(file: &Path) -> Result<Credential, CredentialError>
     const WHAT: &str = "json key file";
     let bytes = read_file(WHAT, file).await?;
     let fingerprint = fingerprint_of(file, &bytes);
-    yandex_key::parse_key_file(&bytes).map_err(|problem| bad_file(WHAT, file, problem))?;
+    let (_, layout) = yandex_key::parse_key_file_with_layout(&bytes)
+        .map_err(|problem| bad_file(WHAT, file, problem))?;
+    if layout == yandex_key::Layout::RestApi {
+        // The file is sent as the password; json_key logins are documented with the file
+        // `yc iam key create` writes, so the other layout is not sent on a guess.
+        return Err(bad_file(
+            WHAT,
+            file,
+            "a key in the IAM REST API layout (\"key\", \"privateKey\"); json_key logins take the file `yc iam key create` writes: create one with yc, or use yandexAuthorizedKey, which reads both layouts",
+        ));
+    }
     let text = String::from_utf8(bytes).map_err(|_| bad_file(WHAT, file, "not UTF-8 text"))?;
     Ok(Credential::login(
         JSON_KEY_USERNAME,

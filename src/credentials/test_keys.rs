@@ -104,3 +104,19 @@ pub(crate) fn key_file_json(key: &TestKey, id: &str, sa: &str, prefix: bool) -> 
     }))
     .unwrap()
 }
+
+/// The same key as the IAM REST API `Key.Create` answers it (and Terraform saves it).
+pub(crate) fn rest_key_json(key: &TestKey, id: &str, sa: &str) -> String {
+    serde_json::to_string_pretty(&serde_json::json!({
+        "key": {
+            "id": id,
+            "serviceAccountId": sa,
+            "createdAt": "2025-02-11T09:30:12.071263817Z",
+            "description": "",
+            "keyAlgorithm": format!("RSA_{}", key.bits),
+            "publicKey": key.public_spki_pem,
+        },
+        "privateKey": key.private_pkcs8_pem,
+    }))
+    .unwrap()
+}

@@ -1,5 +1,12 @@
 //! IAM tokens minted from a Yandex Cloud service-account authorized key: a PS256 JWT
 //! signed with the key (ring), exchanged at the IAM endpoint.
+//!
+//! Two layouts of the key are read. The file `yc iam key create` writes:
+//! `{"id", "service_account_id", "created_at", "key_algorithm", "public_key", "private_key"}`.
+//! And the answer of the IAM REST API `Key.Create` (`POST https://iam.api.cloud.yandex.net/iam/v1/keys`,
+//! <https://yandex.cloud/en/docs/iam/api-ref/Key/create>), which Terraform and API users
+//! save: `{"key": {"id", "serviceAccountId" (or "userAccountId"), "createdAt",
+//! "description", "keyAlgorithm", "publicKey", "lastUsedAt"}, "privateKey"}`.
 
 use std::path::Path;
 use std::time::Duration;
@@ -23,9 +30,10 @@ use super::{
     read_file,
 };
 
-/// The JWT audience the IAM service checks: always this URL, whatever endpoint the token
-/// is exchanged at.
-pub const IAM_AUDIENCE: &str = "https://iam.api.cloud.yandex.net/iam/v1/tokens";
+/// The JWT audience of the default endpoint. The audience is the URL of the endpoint the
+/// JWT is exchanged at (as configured), so that another IAM installation (another region
+/// of Yandex Cloud, a private one) accepts it.
+pub const IAM_AUDIENCE: &str = crate::config::DEFAULT_IAM_ENDPOINT;
 
 /// `exp - iat` of the JWTs we sign (the service accepts at most one hour).
 pub const JWT_LIFETIME: Duration = Duration::from_secs(3600);
@@ -49,36 +57,102 @@ impl AuthorizedKey {
     }
 }
 
-/// Parse `yc iam key create` output. The problem text never quotes the file.
+/// Which layout a key file has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Layout {
+    /// `yc iam key create` output (snake_case fields at the top).
+    YcFile,
+    /// The IAM REST API `Key.Create` answer (`key` object and `privateKey`).
+    RestApi,
+}
+
+/// Parse a key file in either layout. The problem text never quotes the file.
 pub(crate) fn parse_key_file(bytes: &[u8]) -> Result<AuthorizedKey, String> {
+    parse_key_file_with_layout(bytes).map(|(key, _)| key)
+}
+
+/// Parse a key file in either layout; also says which one it was.
+pub(crate) fn parse_key_file_with_layout(bytes: &[u8]) -> Result<(AuthorizedKey, Layout), String> {
     let value: Value = serde_json::from_slice(bytes).map_err(|e| format!("not valid JSON: {e}"))?;
     let object = value
         .as_object()
         .ok_or_else(|| "not a JSON object".to_string())?;
-    let string_field = |name: &str| -> Result<&str, String> {
+    let string_field = |object: &serde_json::Map<String, Value>,
+                        name: &str,
+                        path: &str|
+     -> Result<Option<String>, String> {
         match object.get(name) {
-            None | Some(Value::Null) => Err(format!("missing field {name:?}")),
+            None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) if s.trim().is_empty() => {
-                Err(format!("field {name:?} is empty"))
+                Err(format!("field {path:?} is empty"))
             }
-            Some(Value::String(s)) => Ok(s.as_str()),
-            Some(_) => Err(format!("field {name:?} is not a string")),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(format!("field {path:?} is not a string")),
         }
     };
-    let id = string_field("id")?;
-    let service_account_id = string_field("service_account_id")?;
-    let private_key = string_field("private_key")?;
-    let algorithm = match object.get("key_algorithm") {
-        Some(Value::String(a)) => Some(a.as_str()),
-        _ => None,
+    let required = |object: &serde_json::Map<String, Value>, name: &str, path: &str| {
+        string_field(object, name, path)?.ok_or_else(|| format!("missing field {path:?}"))
     };
-    let key_pair = parse_private_key(private_key, algorithm)
-        .map_err(|problem| format!("field \"private_key\": {problem}"))?;
-    Ok(AuthorizedKey {
-        id: id.to_string(),
-        service_account_id: service_account_id.to_string(),
-        key_pair,
-    })
+    let (layout, id, service_account_id, private_key, algorithm, private_path) = match object
+        .get("key")
+    {
+        // The REST API answer: the key's metadata under "key", the private half next
+        // to it.
+        Some(key) if object.contains_key("privateKey") || key.is_object() => {
+            let key = key.as_object().ok_or_else(|| {
+                    "field \"key\" is not an object (a key file in the IAM REST API layout has \"key\": {...} and \"privateKey\")".to_string()
+                })?;
+            let id = required(key, "id", "key.id")?;
+            let service_account_id = match string_field(
+                key,
+                "serviceAccountId",
+                "key.serviceAccountId",
+            )? {
+                Some(sa) => sa,
+                None if string_field(key, "userAccountId", "key.userAccountId")?.is_some() => {
+                    return Err("the key belongs to a user account (key.userAccountId), not a service account; IAM tokens are minted from service account keys".into());
+                }
+                None => return Err("missing field \"key.serviceAccountId\"".into()),
+            };
+            let private_key = required(object, "privateKey", "privateKey")?;
+            let algorithm = string_field(key, "keyAlgorithm", "key.keyAlgorithm")?;
+            (
+                Layout::RestApi,
+                id,
+                service_account_id,
+                private_key,
+                algorithm,
+                "privateKey",
+            )
+        }
+        _ => {
+            let id = required(object, "id", "id")?;
+            let service_account_id = required(object, "service_account_id", "service_account_id")?;
+            let private_key = required(object, "private_key", "private_key")?;
+            let algorithm = match object.get("key_algorithm") {
+                Some(Value::String(a)) => Some(a.clone()),
+                _ => None,
+            };
+            (
+                Layout::YcFile,
+                id,
+                service_account_id,
+                private_key,
+                algorithm,
+                "private_key",
+            )
+        }
+    };
+    let key_pair = parse_private_key(&private_key, algorithm.as_deref())
+        .map_err(|problem| format!("field {private_path:?}: {problem}"))?;
+    Ok((
+        AuthorizedKey {
+            id,
+            service_account_id,
+            key_pair,
+        },
+        layout,
+    ))
 }
 
 /// PKCS#8 (or PKCS#1) PEM, possibly after the `PLEASE DO NOT REMOVE THIS LINE!` line.
@@ -136,14 +210,19 @@ struct Header<'a> {
 #[derive(Serialize)]
 struct Claims<'a> {
     iss: &'a str,
-    aud: &'static str,
+    aud: &'a str,
     iat: i64,
     exp: i64,
 }
 
 /// The signed JWT: header `{"typ":"JWT","alg":"PS256","kid":id}`, claims
-/// `iss`, `aud` = [`IAM_AUDIENCE`], `iat` = `now`, `exp` = `now` + [`JWT_LIFETIME`].
-pub(crate) fn sign_jwt(key: &AuthorizedKey, now: Timestamp) -> Result<String, String> {
+/// `iss`, `aud` = `audience` (the endpoint's URL), `iat` = `now`,
+/// `exp` = `now` + [`JWT_LIFETIME`].
+pub(crate) fn sign_jwt(
+    key: &AuthorizedKey,
+    audience: &str,
+    now: Timestamp,
+) -> Result<String, String> {
     let header = Header {
         typ: "JWT",
         alg: "PS256",
@@ -152,7 +231,7 @@ pub(crate) fn sign_jwt(key: &AuthorizedKey, now: Timestamp) -> Result<String, St
     let iat = now.as_second();
     let claims = Claims {
         iss: &key.service_account_id,
-        aud: IAM_AUDIENCE,
+        aud: audience,
         iat,
         exp: iat.saturating_add(JWT_LIFETIME.as_secs() as i64),
     };
@@ -195,7 +274,9 @@ pub(crate) async fn fetch(
     let key = parse_key_file(&bytes).map_err(|problem| bad_file(WHAT, file, problem))?;
     drop(bytes);
     let issued_at = Timestamp::now();
-    let jwt = sign_jwt(&key, issued_at).map_err(|problem| CredentialError::Sign {
+    // The audience is the endpoint as configured: the real service checks it against its
+    // own URL, https://iam.api.cloud.yandex.net/iam/v1/tokens by default.
+    let jwt = sign_jwt(&key, endpoint, issued_at).map_err(|problem| CredentialError::Sign {
         path: file.to_path_buf(),
         problem,
     })?;
@@ -249,7 +330,7 @@ pub(crate) fn parse_token_answer(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::credentials::test_keys::{TestKey, key_file_json};
+    use crate::credentials::test_keys::{TestKey, key_file_json, rest_key_json};
     use http::StatusCode;
     use ring::signature::{RSA_PSS_2048_8192_SHA256, UnparsedPublicKey};
 
@@ -262,7 +343,7 @@ mod tests {
         let parsed = parse_key_file(file.as_bytes()).unwrap();
         assert_eq!(parsed.bits(), key.bits);
         let now: Timestamp = "2025-03-01T10:00:00Z".parse().unwrap();
-        let jwt = sign_jwt(&parsed, now).unwrap();
+        let jwt = sign_jwt(&parsed, IAM_AUDIENCE, now).unwrap();
         let parts: Vec<&str> = jwt.split('.').collect();
         assert_eq!(parts.len(), 3);
         assert!(!jwt.contains('=') && !jwt.contains('+') && !jwt.contains('/'));
@@ -302,6 +383,98 @@ mod tests {
     #[test]
     fn jwt_for_a_4096_bit_key_with_the_yandex_prefix_line_verifies() {
         check_jwt(&TestKey::rsa(4096), true);
+    }
+
+    #[test]
+    fn aud_is_the_endpoint_given() {
+        let key = TestKey::rsa(2048);
+        let file = key_file_json(&key, "k", "s", false);
+        let parsed = parse_key_file(file.as_bytes()).unwrap();
+        let now: Timestamp = "2025-03-01T10:00:00Z".parse().unwrap();
+        for aud in [
+            "https://iam.api.cloud.yandex.net/iam/v1/tokens",
+            "https://iam.api.yandexcloud.kz/iam/v1/tokens",
+            "http://127.0.0.1:8080/iam/v1/tokens",
+        ] {
+            let jwt = sign_jwt(&parsed, aud, now).unwrap();
+            let claims = decode_json(jwt.split('.').nth(1).unwrap());
+            assert_eq!(claims["aud"], aud);
+        }
+    }
+
+    #[test]
+    fn rest_api_layout_is_read_like_the_yc_file() {
+        let key = TestKey::rsa(2048);
+        let yc =
+            parse_key_file_with_layout(key_file_json(&key, "ajekey", "ajesa", true).as_bytes())
+                .unwrap();
+        assert_eq!(yc.1, Layout::YcFile);
+        let rest =
+            parse_key_file_with_layout(rest_key_json(&key, "ajekey", "ajesa").as_bytes()).unwrap();
+        assert_eq!(rest.1, Layout::RestApi);
+        for (parsed, _) in [&yc, &rest] {
+            assert_eq!(parsed.id, "ajekey");
+            assert_eq!(parsed.service_account_id, "ajesa");
+        }
+        // Both sign JWTs the public half verifies.
+        let now: Timestamp = "2025-03-01T10:00:00Z".parse().unwrap();
+        let jwt = sign_jwt(&rest.0, IAM_AUDIENCE, now).unwrap();
+        let parts: Vec<&str> = jwt.split('.').collect();
+        UnparsedPublicKey::new(&RSA_PSS_2048_8192_SHA256, &key.public_pkcs1_der)
+            .verify(
+                format!("{}.{}", parts[0], parts[1]).as_bytes(),
+                &URL_SAFE_NO_PAD.decode(parts[2]).unwrap(),
+            )
+            .unwrap();
+    }
+
+    #[test]
+    fn rest_api_layout_problems_name_the_field_path() {
+        let key = TestKey::rsa(2048);
+        let pem = &key.private_pkcs8_pem;
+        let obj = |v: Value| v.to_string();
+        let cases: Vec<(String, &str)> = vec![
+            (
+                obj(serde_json::json!({"key": "x", "privateKey": pem})),
+                "field \"key\" is not an object",
+            ),
+            (
+                obj(serde_json::json!({"key": {"serviceAccountId": "s"}, "privateKey": pem})),
+                "missing field \"key.id\"",
+            ),
+            (
+                obj(serde_json::json!({"key": {"id": "k"}, "privateKey": pem})),
+                "missing field \"key.serviceAccountId\"",
+            ),
+            (
+                obj(
+                    serde_json::json!({"key": {"id": "k", "userAccountId": "u"}, "privateKey": pem}),
+                ),
+                "belongs to a user account (key.userAccountId)",
+            ),
+            (
+                obj(serde_json::json!({"key": {"id": "k", "serviceAccountId": "s"}})),
+                "missing field \"privateKey\"",
+            ),
+            (
+                obj(
+                    serde_json::json!({"key": {"id": "k", "serviceAccountId": 5}, "privateKey": pem}),
+                ),
+                "field \"key.serviceAccountId\" is not a string",
+            ),
+            (
+                obj(
+                    serde_json::json!({"key": {"id": "k", "serviceAccountId": "s", "keyAlgorithm": "EC_P256"},
+                    "privateKey": TestKey::ec_pkcs8_pem()}),
+                ),
+                "field \"privateKey\": not an RSA key (key_algorithm \"EC_P256\")",
+            ),
+        ];
+        for (file, want) in cases {
+            let e = key_error(&file);
+            assert!(e.contains(want), "got {e:?}, want {want:?}");
+            assert!(!e.contains("MII"), "error quotes key material: {e}");
+        }
     }
 
     #[test]

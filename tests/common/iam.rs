@@ -1,8 +1,10 @@
 //! A Yandex Cloud IAM token service stand-in and authorized-key test helpers.
 //!
 //! The stand-in checks a JWT the way the real service does: PS256 signature with the
-//! registered public key of `kid`, `iss` = that key's service account, `aud` = the real
-//! IAM URL, `exp - iat <= 3600`, not expired, `iat` not in the future. It answers
+//! registered public key of `kid`, `iss` = that key's service account, `aud` = the
+//! service's own URL (the real one's is `https://iam.api.cloud.yandex.net/iam/v1/tokens`;
+//! the stand-in's is [`IamStandIn::endpoint`]), `exp - iat <= 3600`, not expired, `iat` not
+//! in the future. It answers
 //! `{"iamToken","expiresAt"}` with a token tests can change at runtime, counts calls, and
 //! can be switched to errors in the real shape (`{"code","message","details"}`), garbage,
 //! or hanging. Keys are generated at test time with the `openssl` CLI.
@@ -26,8 +28,6 @@ use jiff::Timestamp;
 use ring::signature::{RSA_PSS_2048_8192_SHA256, UnparsedPublicKey};
 use serde_json::{Value, json};
 
-/// The audience the real service requires.
-pub const IAM_AUDIENCE: &str = "https://iam.api.cloud.yandex.net/iam/v1/tokens";
 /// The path the stand-in serves, as the real one.
 pub const IAM_PATH: &str = "/iam/v1/tokens";
 
@@ -86,6 +86,22 @@ impl TestKey {
             4096 => K4096.get_or_init(|| Self::generate(4096)),
             _ => panic!("no shared {bits}-bit key; use TestKey::generate"),
         }
+    }
+
+    /// The key as the IAM REST API `Key.Create` answers it (`key` object, `privateKey`).
+    pub fn rest_key_json(&self) -> String {
+        serde_json::to_string_pretty(&json!({
+            "key": {
+                "id": self.id,
+                "serviceAccountId": self.service_account_id,
+                "createdAt": "2025-02-11T09:30:12.071263817Z",
+                "description": "",
+                "keyAlgorithm": format!("RSA_{}", self.bits),
+                "publicKey": self.public_spki_pem,
+            },
+            "privateKey": self.private_pkcs8_pem,
+        }))
+        .expect("JSON")
     }
 
     /// The key file JSON as `yc iam key create` writes it, optionally with the
@@ -174,6 +190,8 @@ struct RegisteredKey {
 }
 
 struct IamState {
+    /// The service's own URL: the audience a JWT must carry.
+    url: String,
     keys: HashMap<String, RegisteredKey>,
     token: String,
     lifetime: Duration,
@@ -189,6 +207,7 @@ struct IamState {
 pub struct IamStandIn {
     addr: SocketAddr,
     tls: bool,
+    host: String,
     state: Arc<Mutex<IamState>>,
     server: tokio::task::JoinHandle<()>,
 }
@@ -203,18 +222,35 @@ impl IamStandIn {
     /// Start on a free loopback port (plain HTTP), in [`Mode::Verify`], with token
     /// `t1.stand-in-token-1` living 12 hours.
     pub async fn start() -> Self {
-        Self::start_with(None).await
+        Self::start_with(None, "127.0.0.1").await
     }
 
     /// The same over HTTPS (h2 and HTTP/1.1 by ALPN) with a certificate for `127.0.0.1`
     /// and `localhost` issued by a fresh test CA; returns the CA to trust.
     pub async fn start_tls() -> (Self, TestCa) {
         let ca = TestCa::generate();
-        (Self::start_with(Some(ca.server_config())).await, ca)
+        (
+            Self::start_with(Some(ca.server_config()), "127.0.0.1").await,
+            ca,
+        )
     }
 
-    async fn start_with(tls: Option<Arc<rustls::ServerConfig>>) -> Self {
+    /// Over HTTPS, known by the name `host` (its certificate names it, and its URL, the
+    /// audience it checks, is `https://<host>:<port>/iam/v1/tokens`): for clients that
+    /// reach it through a proxy that knows the name. Nothing resolves `host` otherwise.
+    pub async fn start_tls_named(host: &str) -> (Self, TestCa) {
+        let ca = TestCa::generate_for(&[host]);
+        (Self::start_with(Some(ca.server_config()), host).await, ca)
+    }
+
+    async fn start_with(tls: Option<Arc<rustls::ServerConfig>>, host: &str) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binding a loopback port");
+        let addr = listener.local_addr().expect("local address");
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let state = Arc::new(Mutex::new(IamState {
+            url: format!("{scheme}://{host}:{}{IAM_PATH}", addr.port()),
             keys: HashMap::new(),
             token: "t1.stand-in-token-1".into(),
             lifetime: Duration::from_secs(12 * 3600),
@@ -228,10 +264,6 @@ impl IamStandIn {
         let app = Router::new()
             .route(IAM_PATH, post(handle))
             .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("binding a loopback port");
-        let addr = listener.local_addr().expect("local address");
         let tls_on = tls.is_some();
         let server = match tls {
             None => tokio::spawn(async move {
@@ -242,6 +274,7 @@ impl IamStandIn {
         Self {
             addr,
             tls: tls_on,
+            host: host.to_string(),
             state,
             server,
         }
@@ -251,10 +284,17 @@ impl IamStandIn {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// `http://127.0.0.1:<port>/iam/v1/tokens` (`https://` when started with TLS).
+    /// Its URL, `http://127.0.0.1:<port>/iam/v1/tokens` (`https://` when started with
+    /// TLS, and the name given to [`IamStandIn::start_tls_named`] instead of the address):
+    /// the audience its JWTs must carry.
     pub fn endpoint(&self) -> String {
         let scheme = if self.tls { "https" } else { "http" };
-        format!("{scheme}://{}{IAM_PATH}", self.addr)
+        format!("{scheme}://{}:{}{IAM_PATH}", self.host, self.addr.port())
+    }
+
+    /// The loopback address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
     }
 
     /// Trust `key`'s public half for its key id and service account.
@@ -347,6 +387,11 @@ pub struct TestCa {
 impl TestCa {
     /// Generate with the `openssl` CLI (P-256 keys, valid one day).
     pub fn generate() -> Self {
+        Self::generate_for(&[])
+    }
+
+    /// The same, the server certificate also naming `names` (DNS).
+    pub fn generate_for(names: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
         let ec = [
@@ -373,9 +418,10 @@ impl TestCa {
         args.extend(ec);
         args.extend(["-keyout", &key, "-out", &csr]);
         openssl(&args, b"");
+        let extra: String = names.iter().map(|n| format!(",DNS:{n}")).collect();
         std::fs::write(
             &ext,
-            "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+            format!("subjectAltName=IP:127.0.0.1,DNS:localhost{extra}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"),
         )
         .expect("writing ext.cnf");
         openssl(
@@ -474,7 +520,7 @@ async fn handle(
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|v| v.starts_with("application/json"));
             let checked = if json_content {
-                verify(&st.keys, &body)
+                verify(&st.keys, &body, &st.url)
             } else {
                 Err((400, 3, "content-type must be application/json".to_string()))
             };
@@ -516,7 +562,11 @@ fn unauth(message: impl Into<String>) -> Refusal {
     (401, 16, message.into())
 }
 
-fn verify(keys: &HashMap<String, RegisteredKey>, body: &[u8]) -> Result<Value, Refusal> {
+fn verify(
+    keys: &HashMap<String, RegisteredKey>,
+    body: &[u8],
+    own_url: &str,
+) -> Result<Value, Refusal> {
     let request: Value = serde_json::from_slice(body)
         .map_err(|e| (400, 3, format!("Request body is not JSON: {e}")))?;
     let jwt =
@@ -556,9 +606,10 @@ fn verify(keys: &HashMap<String, RegisteredKey>, body: &[u8]) -> Result<Value, R
     if claims["iss"] != key.service_account_id.as_str() {
         return Err(unauth("JWT iss does not match the key's service account"));
     }
+    // The real service takes only its own URL as the audience.
     let aud_ok = match &claims["aud"] {
-        Value::String(a) => a == IAM_AUDIENCE,
-        Value::Array(a) => a.iter().any(|v| v == IAM_AUDIENCE),
+        Value::String(a) => a == own_url,
+        Value::Array(a) => a.iter().any(|v| v == own_url),
         _ => false,
     };
     if !aud_ok {
