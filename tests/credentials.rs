@@ -8,12 +8,13 @@ use std::time::{Duration, Instant};
 
 use common::iam::{IamStandIn, Mode, TestKey};
 use common::metadata::{self, MetadataStandIn};
+use common::proxy::ConnectProxy;
 use jiff::{SignedDuration, Timestamp};
 use pullsecret_injector::config::{
     Basic, CredentialSource, FileSource, YandexAuthorizedKey, YandexMetadata,
 };
 use pullsecret_injector::credentials::{
-    Credential, CredentialData, CredentialError, HttpClient, HttpOptions, Provider,
+    Credential, CredentialData, CredentialError, HttpClient, HttpOptions, Provider, Proxy,
 };
 use pullsecret_injector::dockerconfig;
 
@@ -663,6 +664,210 @@ async fn ssl_cert_file_is_the_trust_root_of_the_default_client() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"));
     assert_eq!(iam.issued(), 1);
+}
+
+// ---- proxies ----
+
+fn proxied_client(roots: rustls::RootCertStore, proxy: Proxy) -> HttpClient {
+    HttpClient::with_roots_and_proxy(HttpOptions::default(), roots, proxy).unwrap()
+}
+
+#[tokio::test]
+async fn https_proxy_carries_requests_through_a_connect_tunnel_and_no_proxy_bypasses_it() {
+    let key = TestKey::shared(2048);
+    let proxy = ConnectProxy::start(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = key.write_key_file(dir.path(), false);
+    // The service known as "localhost" (its certificate names it, the JWT's audience is
+    // its URL): reached through the proxy (CONNECT localhost:<port>, TLS end to end inside
+    // the tunnel) unless NO_PROXY names it. The proxy tunnels every name to this machine.
+    let (local, ca) = IamStandIn::start_tls_named("localhost").await;
+    local.register(key);
+    for (no_proxy, through) in [
+        ("", true),
+        ("localhost", false),
+        ("example.com, .localhost", false),
+        ("example.com", true),
+    ] {
+        let before = proxy.connects().len();
+        let http = proxied_client(ca.roots(), Proxy::new(&proxy.url(), "", no_proxy));
+        key_provider_with(&key_file, &local.endpoint(), &http)
+            .fetch()
+            .await
+            .unwrap_or_else(|e| panic!("NO_PROXY={no_proxy:?}: {e}"));
+        assert_eq!(
+            proxy.connects().len() - before,
+            usize::from(through),
+            "NO_PROXY={no_proxy:?}: {:?}",
+            proxy.connects()
+        );
+    }
+    assert_eq!(local.issued(), 4);
+    assert_eq!(
+        proxy.connects(),
+        vec![format!("localhost:{}", local.addr().port()); 2]
+    );
+    assert!(proxy.other_requests().is_empty());
+}
+
+#[tokio::test]
+async fn proxy_credentials_go_in_proxy_authorization_and_nowhere_else() {
+    let key = TestKey::shared(2048);
+    // user:s3cret-proxy-password
+    let expected = "Basic dXNlcjpzM2NyZXQtcHJveHktcGFzc3dvcmQ=";
+    let proxy = ConnectProxy::start(Some(expected)).await;
+    let (iam, ca) = IamStandIn::start_tls_named("localhost").await;
+    iam.register(key);
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = key.write_key_file(dir.path(), false);
+    let with = |password: &str| {
+        let url = proxy
+            .url()
+            .replace("http://", &format!("http://user:{password}@"));
+        proxied_client(ca.roots(), Proxy::new(&url, "", ""))
+    };
+    let http = with("s3cret-proxy-password");
+    key_provider_with(&key_file, &iam.endpoint(), &http)
+        .fetch()
+        .await
+        .expect("a token through the proxy with credentials");
+    assert_eq!(proxy.auths(), vec![Some(expected.to_string())]);
+    // A wrong password: the proxy's 407 is reported, naming the proxy, never the password.
+    let http = with("wrong-proxy-password");
+    let provider = key_provider_with(&key_file, &iam.endpoint(), &http);
+    let err = provider.fetch().await.unwrap_err();
+    let text = format!("{err} {err:?} {http:?} {provider:?}");
+    assert!(
+        err.to_string().contains(&format!(
+            "through the proxy {}: tunnel error: proxy authorization required",
+            proxy.url()
+        )),
+        "{err}"
+    );
+    assert!(err.is_transient(), "a proxy failure is a network failure");
+    assert!(
+        !text.contains("wrong-proxy-password") && !text.contains("s3cret"),
+        "{text}"
+    );
+    assert_eq!(iam.issued(), 1);
+}
+
+#[tokio::test]
+async fn loopback_and_link_local_endpoints_are_never_proxied() {
+    let key = TestKey::shared(2048);
+    // A proxy that would refuse anything: nothing may reach it.
+    let proxy = ConnectProxy::start(Some("Basic bm9ib2R5")).await;
+    let everything = Proxy::new(&proxy.url(), &proxy.url(), "");
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = key.write_key_file(dir.path(), false);
+    let (https_iam, ca) = IamStandIn::start_tls().await;
+    https_iam.register(key);
+    let plain_iam = IamStandIn::start().await;
+    plain_iam.register(key);
+    let md = MetadataStandIn::start().await;
+    let http = proxied_client(ca.roots(), everything);
+    for endpoint in [https_iam.endpoint(), plain_iam.endpoint()] {
+        assert!(endpoint.contains("://127.0.0.1:"), "{endpoint}");
+        key_provider_with(&key_file, &endpoint, &http)
+            .fetch()
+            .await
+            .unwrap_or_else(|e| panic!("{endpoint}: {e}"));
+    }
+    metadata_provider(&md.endpoint(), &http)
+        .fetch()
+        .await
+        .unwrap();
+    assert!(proxy.connects().is_empty(), "{:?}", proxy.connects());
+    assert!(
+        proxy.other_requests().is_empty(),
+        "{:?}",
+        proxy.other_requests()
+    );
+}
+
+const PROXY_CHILD_ENDPOINT: &str = "PULLSECRET_INJECTOR_TEST_PROXY_ENDPOINT";
+const PROXY_CHILD_KEY: &str = "PULLSECRET_INJECTOR_TEST_PROXY_KEY";
+
+/// Runs in the test process, which starts a stand-in known as "localhost" and a proxy, and
+/// re-runs itself as a child process with the proxy variables set (changing the
+/// environment of a running test process is unsafe): the child fetches a token through
+/// `HttpClient::new`, which reads them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_variables_are_read_from_the_environment_in_either_case() {
+    if let (Ok(endpoint), Ok(key_file)) = (
+        std::env::var(PROXY_CHILD_ENDPOINT),
+        std::env::var(PROXY_CHILD_KEY),
+    ) {
+        let http = HttpClient::new(HttpOptions::default()).unwrap();
+        let provider = key_provider_with(&PathBuf::from(key_file), &endpoint, &http);
+        let cred = provider.fetch().await.unwrap();
+        assert_eq!(cred.password().unwrap().expose(), "t1.stand-in-token-1");
+        return;
+    }
+    let key = TestKey::shared(2048);
+    let proxy = ConnectProxy::start(None).await;
+    let (iam, ca) = IamStandIn::start_tls_named("localhost").await;
+    iam.register(key);
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca.ca_pem).unwrap();
+    let key_file = key.write_key_file(dir.path(), false);
+    let url = proxy.url();
+    let cases: [(&[(&str, &str)], bool); 5] = [
+        (&[("HTTPS_PROXY", &url)], true),
+        (&[("https_proxy", &url)], true),
+        (&[("HTTPS_PROXY", &url), ("NO_PROXY", "localhost")], false),
+        (&[("https_proxy", &url), ("no_proxy", "localhost")], false),
+        (&[("ALL_PROXY", &url)], true),
+    ];
+    for (vars, through) in cases {
+        let before = proxy.connects().len();
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap());
+        child
+            .args([
+                "proxy_variables_are_read_from_the_environment_in_either_case",
+                "--exact",
+                "--test-threads=1",
+            ])
+            .env("SSL_CERT_FILE", &ca_file)
+            .env_remove("SSL_CERT_DIR")
+            .env(PROXY_CHILD_ENDPOINT, iam.endpoint())
+            .env(PROXY_CHILD_KEY, &key_file);
+        for name in [
+            "HTTPS_PROXY",
+            "https_proxy",
+            "HTTP_PROXY",
+            "http_proxy",
+            "ALL_PROXY",
+            "all_proxy",
+            "NO_PROXY",
+            "no_proxy",
+            "REQUEST_METHOD",
+        ] {
+            child.env_remove(name);
+        }
+        for (k, v) in vars {
+            child.env(k, v);
+        }
+        let out = tokio::task::spawn_blocking(move || child.output())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{vars:?}: child failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"));
+        assert_eq!(
+            proxy.connects().len() - before,
+            usize::from(through),
+            "{vars:?}: {:?}",
+            proxy.connects()
+        );
+    }
+    assert_eq!(iam.issued(), 5);
 }
 
 // ---- metadata service ----

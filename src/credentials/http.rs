@@ -9,19 +9,34 @@
 //! Missing trust roots do not fail construction: a process whose registries only use the
 //! metadata service or static files must still run in an image without a CA bundle.
 //! Instead every `https://` request then fails with a message saying so.
+//!
+//! Proxies: `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY` and `NO_PROXY` (or their lowercase
+//! forms) are honoured with curl's rules (hyper-util's matcher), through an HTTP CONNECT
+//! tunnel to an `http://` proxy URL (user and password in it become a Basic
+//! `Proxy-Authorization`). Loopback and link-local IP addresses are never proxied: no
+//! proxy can reach this machine's loopback or the VM's metadata service (169.254.169.254),
+//! and `http://` endpoints, which the config allows only for those, are always direct.
 
 use std::fmt;
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, StatusCode};
+use http::{Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::client::legacy::connect::proxy::Tunnel;
+use hyper_util::client::proxy::matcher::{Intercept, Matcher};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::RootCertStore;
+use tokio::net::TcpStream;
+use tower::ServiceExt;
 
 use super::CredentialError;
 
@@ -46,10 +61,167 @@ impl Default for HttpOptions {
     }
 }
 
+/// Where requests go: straight to the endpoint, or through an HTTP proxy.
+#[derive(Clone, Default)]
+pub struct Proxy(Option<Arc<Matcher>>);
+
+impl fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The matcher holds proxy credentials: show only whether there is a proxy.
+        f.debug_tuple("Proxy").field(&self.0.is_some()).finish()
+    }
+}
+
+/// The proxy variables, in the order they are looked up.
+const PROXY_VARS: [&str; 8] = [
+    "HTTPS_PROXY",
+    "https_proxy",
+    "HTTP_PROXY",
+    "http_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+    "NO_PROXY",
+    "no_proxy",
+];
+
+impl Proxy {
+    /// No proxy: every request goes straight to its endpoint.
+    pub fn none() -> Self {
+        Self(None)
+    }
+
+    /// What `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY` and `NO_PROXY` (uppercase first, then
+    /// lowercase) say; none when they are unset. Logs which proxy is used, never its
+    /// credentials, and warns about a value that is not a usable proxy URL.
+    pub fn from_env() -> Self {
+        let set: Vec<(&str, String)> = PROXY_VARS
+            .iter()
+            .filter_map(|k| std::env::var(k).ok().map(|v| (*k, v)))
+            .filter(|(_, v)| !v.trim().is_empty())
+            .collect();
+        if set.iter().all(|(k, _)| k.eq_ignore_ascii_case("no_proxy")) {
+            return Self::none();
+        }
+        for (name, value) in &set {
+            if name.eq_ignore_ascii_case("no_proxy") {
+                continue;
+            }
+            match proxy_url(value) {
+                Ok(shown) => {
+                    tracing::info!(variable = name, proxy = %shown, "credential requests go through this proxy (except NO_PROXY, loopback and link-local IP addresses)")
+                }
+                Err(why) => tracing::warn!(
+                    variable = name,
+                    "{why}; credential requests it would apply to fail"
+                ),
+            }
+        }
+        Self(Some(Arc::new(Matcher::from_env())))
+    }
+
+    /// A proxy from these values, read as the variables of the same names would be.
+    pub fn new(https_proxy: &str, http_proxy: &str, no_proxy: &str) -> Self {
+        Self(Some(Arc::new(
+            Matcher::builder()
+                .https(https_proxy.to_string())
+                .http(http_proxy.to_string())
+                .no(no_proxy.to_string())
+                .build(),
+        )))
+    }
+
+    /// The proxy for `dst`, if any.
+    fn route(&self, dst: &Uri) -> Option<Intercept> {
+        let matcher = self.0.as_ref()?;
+        if dst.scheme_str() != Some("https") {
+            return None; // http:// endpoints are loopback or link-local only
+        }
+        let host = dst.host()?.trim_start_matches('[').trim_end_matches(']');
+        let local = match host.parse::<IpAddr>() {
+            Ok(IpAddr::V4(ip)) => ip.is_loopback() || ip.is_link_local(),
+            Ok(IpAddr::V6(ip)) => ip.is_loopback() || ip.is_unicast_link_local(),
+            Err(_) => false,
+        };
+        if local {
+            return None;
+        }
+        matcher.intercept(dst)
+    }
+}
+
+/// A proxy URL as shown in logs (`scheme://host:port`), or why it cannot be used.
+fn proxy_url(value: &str) -> Result<String, String> {
+    let with_scheme = if value.contains("://") {
+        value.to_string()
+    } else {
+        format!("http://{value}")
+    };
+    let uri: Uri = with_scheme
+        .parse()
+        .map_err(|_| "the proxy is not a URL".to_string())?;
+    let host = uri.host().ok_or("the proxy URL has no host")?;
+    match uri.scheme_str() {
+        Some("http") => Ok(format!("http://{host}:{}", uri.port_u16().unwrap_or(80))),
+        Some(other) => Err(format!(
+            "the proxy URL's scheme is {other}://; only http:// proxies (HTTP CONNECT) are supported"
+        )),
+        None => Err("the proxy URL has no scheme".into()),
+    }
+}
+
+/// Connects to the endpoint, directly or through a CONNECT tunnel.
+#[derive(Clone)]
+struct Connector {
+    http: HttpConnector,
+    proxy: Proxy,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower::Service<Uri> for Connector {
+    type Response = TokioIo<TcpStream>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        tower::Service::<Uri>::poll_ready(&mut self.http, cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, dst: Uri) -> Self::Future {
+        let Some(proxy) = self.proxy.route(&dst) else {
+            let connecting = tower::Service::call(&mut self.http, dst);
+            return Box::pin(async move { connecting.await.map_err(Into::into) });
+        };
+        let http = self.http.clone();
+        Box::pin(async move {
+            let uri = proxy.uri();
+            let shown = format!(
+                "{}://{}",
+                uri.scheme_str().unwrap_or("http"),
+                uri.authority().map(|a| a.as_str()).unwrap_or("")
+            );
+            if uri.scheme_str() != Some("http") {
+                return Err(format!(
+                    "the proxy {shown} is not an http:// URL; only HTTP CONNECT proxies are supported"
+                )
+                .into());
+            }
+            let mut tunnel = Tunnel::new(uri.clone(), http);
+            if let Some(auth) = proxy.basic_auth() {
+                tunnel = tunnel.with_auth(auth.clone());
+            }
+            tunnel
+                .oneshot(dst)
+                .await
+                .map_err(|e| format!("through the proxy {shown}: {}", error_chain(&e)).into())
+        })
+    }
+}
+
 /// A cheap-to-clone HTTP(S) client with bounded timeouts; build one and share it.
 #[derive(Clone)]
 pub struct HttpClient {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: Client<HttpsConnector<Connector>, Full<Bytes>>,
     options: HttpOptions,
     roots: usize,
     roots_problem: Option<Arc<str>>,
@@ -82,7 +254,8 @@ impl fmt::Debug for Answer {
 }
 
 impl HttpClient {
-    /// A client trusting the system roots (`SSL_CERT_FILE`/`SSL_CERT_DIR` when set).
+    /// A client trusting the system roots (`SSL_CERT_FILE`/`SSL_CERT_DIR` when set), going
+    /// through the proxy the environment names ([`Proxy::from_env`]).
     ///
     /// Never fails for want of roots: if none load, a warning is logged and `https://`
     /// requests fail with [`CredentialError::TrustRoots`].
@@ -114,13 +287,22 @@ impl HttpClient {
                 "some trust root sources could not be read"
             );
         }
-        let mut client = Self::with_roots(options, roots)?;
+        let mut client = Self::with_roots_and_proxy(options, roots, Proxy::from_env())?;
         client.roots_problem = problem.map(Arc::from);
         Ok(client)
     }
 
-    /// A client trusting exactly `roots` (tests; private CAs).
+    /// A client trusting exactly `roots` (tests; private CAs), with no proxy.
     pub fn with_roots(options: HttpOptions, roots: RootCertStore) -> Result<Self, CredentialError> {
+        Self::with_roots_and_proxy(options, roots, Proxy::none())
+    }
+
+    /// A client trusting exactly `roots`, going through `proxy`.
+    pub fn with_roots_and_proxy(
+        options: HttpOptions,
+        roots: RootCertStore,
+        proxy: Proxy,
+    ) -> Result<Self, CredentialError> {
         let count = roots.len();
         let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
@@ -138,7 +320,7 @@ impl HttpClient {
             .https_or_http()
             .enable_http1()
             .enable_http2()
-            .wrap_connector(http);
+            .wrap_connector(Connector { http, proxy });
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(https);

@@ -32,7 +32,7 @@ use crate::config::{CredentialSource, check_endpoint};
 use crate::dockerconfig;
 use crate::registry::HostPattern;
 
-pub use self::http::{HttpClient, HttpOptions, MAX_BODY_BYTES};
+pub use self::http::{HttpClient, HttpOptions, MAX_BODY_BYTES, Proxy};
 pub use self::secret::{Secret, SecretBytes};
 pub use self::yandex_key::{IAM_AUDIENCE, JWT_LIFETIME};
 

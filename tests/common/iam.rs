@@ -237,7 +237,7 @@ impl IamStandIn {
 
     /// Over HTTPS, known by the name `host` (its certificate names it, and its URL, the
     /// audience it checks, is `https://<host>:<port>/iam/v1/tokens`): for clients that
-    /// reach it through a proxy that knows the name. Nothing resolves `host` otherwise.
+    /// reach it by a name, e.g. through a proxy. It still listens on 127.0.0.1 only.
     pub async fn start_tls_named(host: &str) -> (Self, TestCa) {
         let ca = TestCa::generate_for(&[host]);
         (Self::start_with(Some(ca.server_config()), host).await, ca)
