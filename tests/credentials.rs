@@ -616,6 +616,26 @@ async fn https_stand_in_with_an_untrusted_certificate_is_refused_before_sending(
     assert_eq!(iam.calls(), 0);
 }
 
+/// Run the test `name` of this binary again in a child process with `configure` applied
+/// to its command (changing the environment of a running test process is unsafe); fails
+/// unless that test passes there.
+async fn run_in_child(name: &str, configure: impl FnOnce(&mut std::process::Command)) {
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap());
+    child.args([name, "--exact", "--test-threads=1"]);
+    configure(&mut child);
+    let out = tokio::task::spawn_blocking(move || child.output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "child failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"));
+}
+
 const INNER_ENDPOINT: &str = "PULLSECRET_INJECTOR_TEST_INNER_ENDPOINT";
 const INNER_KEY: &str = "PULLSECRET_INJECTOR_TEST_INNER_KEY";
 
@@ -641,28 +661,17 @@ async fn ssl_cert_file_is_the_trust_root_of_the_default_client() {
     let ca_file = dir.path().join("ca.pem");
     std::fs::write(&ca_file, &ca.ca_pem).unwrap();
     let key_file = key.write_key_file(dir.path(), false);
-    let mut child = std::process::Command::new(std::env::current_exe().unwrap());
-    child
-        .args([
-            "ssl_cert_file_is_the_trust_root_of_the_default_client",
-            "--exact",
-            "--test-threads=1",
-        ])
-        .env("SSL_CERT_FILE", &ca_file)
-        .env_remove("SSL_CERT_DIR")
-        .env(INNER_ENDPOINT, iam.endpoint())
-        .env(INNER_KEY, &key_file);
-    let out = tokio::task::spawn_blocking(move || child.output())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "child failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"));
+    run_in_child(
+        "ssl_cert_file_is_the_trust_root_of_the_default_client",
+        |child| {
+            child
+                .env("SSL_CERT_FILE", &ca_file)
+                .env_remove("SSL_CERT_DIR")
+                .env(INNER_ENDPOINT, iam.endpoint())
+                .env(INNER_KEY, &key_file);
+        },
+    )
+    .await;
     assert_eq!(iam.issued(), 1);
 }
 
@@ -822,44 +831,33 @@ async fn proxy_variables_are_read_from_the_environment_in_either_case() {
     ];
     for (vars, through) in cases {
         let before = proxy.connects().len();
-        let mut child = std::process::Command::new(std::env::current_exe().unwrap());
-        child
-            .args([
-                "proxy_variables_are_read_from_the_environment_in_either_case",
-                "--exact",
-                "--test-threads=1",
-            ])
-            .env("SSL_CERT_FILE", &ca_file)
-            .env_remove("SSL_CERT_DIR")
-            .env(PROXY_CHILD_ENDPOINT, iam.endpoint())
-            .env(PROXY_CHILD_KEY, &key_file);
-        for name in [
-            "HTTPS_PROXY",
-            "https_proxy",
-            "HTTP_PROXY",
-            "http_proxy",
-            "ALL_PROXY",
-            "all_proxy",
-            "NO_PROXY",
-            "no_proxy",
-            "REQUEST_METHOD",
-        ] {
-            child.env_remove(name);
-        }
-        for (k, v) in vars {
-            child.env(k, v);
-        }
-        let out = tokio::task::spawn_blocking(move || child.output())
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{vars:?}: child failed:\n{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"));
+        run_in_child(
+            "proxy_variables_are_read_from_the_environment_in_either_case",
+            |child| {
+                child
+                    .env("SSL_CERT_FILE", &ca_file)
+                    .env_remove("SSL_CERT_DIR")
+                    .env(PROXY_CHILD_ENDPOINT, iam.endpoint())
+                    .env(PROXY_CHILD_KEY, &key_file);
+                for name in [
+                    "HTTPS_PROXY",
+                    "https_proxy",
+                    "HTTP_PROXY",
+                    "http_proxy",
+                    "ALL_PROXY",
+                    "all_proxy",
+                    "NO_PROXY",
+                    "no_proxy",
+                    "REQUEST_METHOD",
+                ] {
+                    child.env_remove(name);
+                }
+                for (k, v) in vars {
+                    child.env(k, v);
+                }
+            },
+        )
+        .await;
         assert_eq!(
             proxy.connects().len() - before,
             usize::from(through),

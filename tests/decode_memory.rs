@@ -8,11 +8,11 @@
 //! follows live memory: the peak (VmHWM, reset through /proc/self/clear_refs just before)
 //! minus the resident memory before decoding is what decoding took. Figures are printed.
 
+mod common;
+
 use std::process::Command;
 
-use pullsecret_injector::admission::Admission;
 use pullsecret_injector::metrics::Metrics;
-use pullsecret_injector::registry::{HostPattern, Registries, RegistryEntry};
 use pullsecret_injector::server::decode_charge;
 
 const BODY: usize = 4 * 1024 * 1024;
@@ -186,15 +186,7 @@ fn status_kib(field: &str) -> usize {
 
 /// In the child: decode one shape, print `decoded <shape> <body bytes> <peak KiB over>`.
 fn child(shape: &str) {
-    let admission = Admission::new(
-        Registries::new(vec![RegistryEntry::new(
-            "yandex",
-            "yc-secret",
-            vec![HostPattern::parse("cr.yandex").unwrap()],
-        )]),
-        "pullsecret-injector.io/skip".into(),
-        Metrics::new(),
-    );
+    let admission = common::admission::admission(&Metrics::new());
     // Warm up (metrics, lazy statics) on a small review.
     let _ = admission.handle(review(r#"{"spec":{}}"#).as_bytes());
     let body = body(shape);

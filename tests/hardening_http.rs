@@ -21,9 +21,7 @@ use hyper::body::Frame;
 use pullsecret_injector::metrics::Metrics;
 use pullsecret_injector::server::{self, Limits};
 use pullsecret_injector::tls::CertStore;
-use rustls::RootCertStore;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
+use rustls_pki_types::ServerName;
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -75,19 +73,7 @@ impl Server {
     }
 
     fn client_config(&self, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
-        let mut roots = RootCertStore::empty();
-        for c in CertificateDer::pem_slice_iter(&self.ca_pem) {
-            roots.add(c.unwrap()).unwrap();
-        }
-        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        Arc::new(config)
+        cluster::tls_client_config(&self.ca_pem, alpn)
     }
 
     /// A TLS connection speaking HTTP/1.1 (ALPN `http/1.1`).

@@ -134,6 +134,15 @@ struct Statuses {
 }
 
 impl Statuses {
+    /// (200, 503, other) so far.
+    fn counts(&self) -> (usize, usize, usize) {
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.busy.load(Ordering::Relaxed),
+            self.other.load(Ordering::Relaxed),
+        )
+    }
+
     fn count(&self, status: u16) {
         match status {
             200 => &self.ok,
@@ -299,11 +308,7 @@ async fn worst_case_request_bodies_keep_peak_memory_under_the_chart_limit() {
     for t in &tasks {
         t.abort();
     }
-    let (ok, busy, other) = (
-        statuses.ok.load(Ordering::Relaxed),
-        statuses.busy.load(Ordering::Relaxed),
-        statuses.other.load(Ordering::Relaxed),
-    );
+    let (ok, busy, other) = statuses.counts();
     eprintln!(
         "phase 1, every connection pushing for {PHASE:?}: resident at start {rss0} KiB, median {median1} KiB, at the end {rss1} KiB, peak {hwm1} KiB; {sockets} sockets; answers: {ok} x 200, {busy} x 503, {other} other (408, 413, closed)"
     );
@@ -322,11 +327,7 @@ async fn worst_case_request_bodies_keep_peak_memory_under_the_chart_limit() {
         t.abort();
     }
     let (rss, hwm) = bin.memory_kib();
-    let (ok, busy, other) = (
-        decoded.ok.load(Ordering::Relaxed),
-        decoded.busy.load(Ordering::Relaxed),
-        decoded.other.load(Ordering::Relaxed),
-    );
+    let (ok, busy, other) = decoded.counts();
     eprintln!(
         "phase 2, 4 clients with whole worst-shape bodies for {PHASE:?}: median {median2} KiB, at the end {rss} KiB; answers: {ok} x 200, {busy} x 503, {other} other"
     );

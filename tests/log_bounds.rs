@@ -2,12 +2,13 @@
 //! strings where a list, a uid or a namespace belongs makes log lines of at most about two
 //! kilobytes, not megabytes. (Alone in its test binary: it installs the global log subscriber.)
 
+mod common;
+
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use pullsecret_injector::admission::{Admission, MAX_LOGGED_VALUE};
+use pullsecret_injector::admission::MAX_LOGGED_VALUE;
 use pullsecret_injector::metrics::{Metrics, Outcome};
-use pullsecret_injector::registry::{HostPattern, Registries, RegistryEntry};
 use serde_json::json;
 
 #[derive(Clone, Default)]
@@ -32,15 +33,7 @@ fn a_review_with_megabyte_strings_makes_log_lines_of_kilobytes() {
         .with_ansi(false)
         .with_writer(move || writer.clone())
         .init();
-    let admission = Admission::new(
-        Registries::new(vec![RegistryEntry::new(
-            "yandex",
-            "yc-secret",
-            vec![HostPattern::parse("cr.yandex").unwrap()],
-        )]),
-        "pullsecret-injector.io/skip".into(),
-        Metrics::new(),
-    );
+    let admission = common::admission::admission(&Metrics::new());
     let pod = |spec: serde_json::Value| {
         json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
             "uid": "u".repeat(1_000_000),

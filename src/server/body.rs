@@ -569,13 +569,22 @@ mod tests {
         (Body::new(StreamBody::new(rx)), feeder)
     }
 
-    #[tokio::test]
-    async fn a_stalled_body_is_cut_when_another_needs_the_room() {
+    /// A budget with room for one small body and a half, holding the part of a body that
+    /// declares 40,000 bytes and then sends as [`stalling`] says; its reading task.
+    async fn holder(
+        wait_ms: u64,
+        trickle: usize,
+    ) -> (
+        Arc<Budget>,
+        BodyLimits,
+        tokio::task::JoinHandle<Result<usize, BodyError>>,
+        tokio::task::JoinHandle<()>,
+    ) {
         let room = CHARGE_FACTOR * MIN_ALLOCATION;
         let budget = Budget::new(room + room / 2);
-        let l = limits(50_000, room + room / 2, 5_000);
-        let (body, feeder) = stalling(1000, 0);
-        let stalled = tokio::spawn({
+        let l = limits(50_000, room + room / 2, wait_ms);
+        let (body, feeder) = stalling(1000, trickle);
+        let reading = tokio::spawn({
             let (budget, l) = (budget.clone(), l.clone());
             async move {
                 read(body, Some(40_000), &l, &budget)
@@ -586,6 +595,12 @@ mod tests {
         while budget.used() == 0 {
             tokio::task::yield_now().await;
         }
+        (budget, l, reading, feeder)
+    }
+
+    #[tokio::test]
+    async fn a_stalled_body_is_cut_when_another_needs_the_room() {
+        let (budget, l, stalled, feeder) = holder(5_000, 0).await;
         let start = std::time::Instant::now();
         let Received { bytes: buf, .. } = read(full(4000), Some(4000), &l, &budget).await.unwrap();
         assert_eq!(buf.len(), 4000);
@@ -600,22 +615,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_body_still_receiving_is_not_cut() {
-        let room = CHARGE_FACTOR * MIN_ALLOCATION;
-        let budget = Budget::new(room + room / 2);
-        let l = limits(50_000, room + room / 2, 1_500);
         // 1000 bytes, then 10 bytes every 200 ms: slow, but never stalled for a second.
-        let (body, feeder) = stalling(1000, 10);
-        let slow = tokio::spawn({
-            let (budget, l) = (budget.clone(), l.clone());
-            async move {
-                read(body, Some(40_000), &l, &budget)
-                    .await
-                    .map(|r| r.bytes.len())
-            }
-        });
-        while budget.used() == 0 {
-            tokio::task::yield_now().await;
-        }
+        let (budget, l, slow, feeder) = holder(1_500, 10).await;
         assert!(matches!(
             read(full(4000), Some(4000), &l, &budget).await,
             Err(BodyError::Busy)

@@ -9,9 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use rustls::RootCertStore;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
+use rustls_pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -103,19 +101,7 @@ impl Binary {
 
     /// A TLS client config trusting the binary's CA, offering `alpn`.
     pub fn client_config(&self, alpn: &[u8]) -> Arc<rustls::ClientConfig> {
-        let mut roots = RootCertStore::empty();
-        for c in CertificateDer::pem_slice_iter(&self.ca_pem) {
-            roots.add(c.unwrap()).unwrap();
-        }
-        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        config.alpn_protocols = vec![alpn.to_vec()];
-        Arc::new(config)
+        cluster::tls_client_config(&self.ca_pem, &[alpn])
     }
 
     /// A TLS connection to the webhook port.
@@ -141,26 +127,26 @@ impl Binary {
             .body(Full::new(Bytes::from_static(FIXTURE.as_bytes())))
             .unwrap();
         let io = hyper_util::rt::TokioIo::new(tls);
-        let resp = if h2 {
+        let (resp, conn) = if h2 {
             let (mut send, conn) =
                 hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
                     .await
                     .unwrap();
-            let conn = tokio::spawn(conn);
-            let resp = send.send_request(req).await.unwrap();
-            let (parts, body) = resp.into_parts();
-            let body = body.collect().await.unwrap().to_bytes();
-            conn.abort();
-            (parts.status, body)
+            let conn = tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            (send.send_request(req).await.unwrap(), conn)
         } else {
             let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
-            let conn = tokio::spawn(conn);
-            let resp = send.send_request(req).await.unwrap();
-            let (parts, body) = resp.into_parts();
-            let body = body.collect().await.unwrap().to_bytes();
-            conn.abort();
-            (parts.status, body)
+            let conn = tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            (send.send_request(req).await.unwrap(), conn)
         };
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        conn.abort();
+        let resp = (parts.status, body);
         let took = start.elapsed();
         let (status, body) = resp;
         if status == 200 {
