@@ -243,7 +243,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             settings.pod_opt_out_annotation.clone(),
             metrics.clone(),
         );
-        webhook.spawn(&mut tasks, admission, args.tls_reload_interval);
+        webhook.spawn(
+            &mut tasks,
+            admission,
+            health.clone(),
+            args.tls_reload_interval,
+        );
     }
     if let Some(sync) = sync {
         sync.spawn(&mut tasks);
@@ -285,7 +290,13 @@ impl PreparedWebhook {
     }
 
     /// Start the certificate reload and the HTTPS server.
-    fn spawn(self, tasks: &mut Supervisor, admission: Admission, reload_interval: Duration) {
+    fn spawn(
+        self,
+        tasks: &mut Supervisor,
+        admission: Admission,
+        health: Arc<Health>,
+        reload_interval: Duration,
+    ) {
         if let Ok(addr) = self.listener.local_addr() {
             tracing::info!(address = %addr, "webhook listening (HTTPS)");
         }
@@ -295,7 +306,10 @@ impl PreparedWebhook {
             store.watch(reload_interval, stop).await;
             Ok(())
         });
-        let router = server::webhook_router(Arc::new(admission));
+        let router = server::closing_connections_on_shutdown(
+            server::webhook_router(Arc::new(admission)),
+            health,
+        );
         let (listener, tls) = (self.listener, self.tls);
         let stop = tasks.stop().cancelled_owned();
         tasks.spawn("webhook server", async move {
