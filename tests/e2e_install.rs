@@ -51,7 +51,9 @@ mod in_cluster {
             // A tag per build: a node never runs a stale image under a reused tag.
             let tag = format!("e2e-{}", &digest["sha256:".len()..][..12]);
             install::push_image(env, &format!("{IMAGE_REPO}:{tag}"));
-            report(&format!("pushed the image {digest} as cr.yandex/{IMAGE_REPO}:{tag}"));
+            report(&format!(
+                "pushed the image {digest} as cr.yandex/{IMAGE_REPO}:{tag}"
+            ));
             tag
         })
         .await
@@ -122,7 +124,15 @@ mod in_cluster {
             if self.installed {
                 let _ = install::run(
                     &cluster::helm(),
-                    &["uninstall", RELEASE, "-n", &self.ns, "--wait", "--timeout", "120s"],
+                    &[
+                        "uninstall",
+                        RELEASE,
+                        "-n",
+                        &self.ns,
+                        "--wait",
+                        "--timeout",
+                        "120s",
+                    ],
                 );
             }
             for ns in self.namespaces.iter().chain([&self.ns]) {
@@ -291,7 +301,10 @@ mod in_cluster {
                  imagePullSecrets: [{{name: injector-pull}}]\n{registries}{extra}",
                 tag = self.tag
             );
-            let path = self.dir.path().join(format!("values-{}.yaml", fastrand::u32(..)));
+            let path = self
+                .dir
+                .path()
+                .join(format!("values-{}.yaml", fastrand::u32(..)));
             std::fs::write(&path, text).expect("writing values");
             path
         }
@@ -375,7 +388,9 @@ mod in_cluster {
                 Duration::from_secs(60),
                 || async {
                     let p = pods.create(&dry, &pod).await.ok()?;
-                    node::pull_secrets(&p).contains(&SECRET.to_string()).then_some(())
+                    node::pull_secrets(&p)
+                        .contains(&SECRET.to_string())
+                        .then_some(())
                 },
             )
             .await;
@@ -438,7 +453,10 @@ mod in_cluster {
             let text = kubectl(&[
                 "get",
                 "--raw",
-                &format!("/api/v1/namespaces/{}/pods/{pod}:8080/proxy/metrics", self.ns),
+                &format!(
+                    "/api/v1/namespaces/{}/pods/{pod}:8080/proxy/metrics",
+                    self.ns
+                ),
             ]);
             cluster::metric(&text, series).unwrap_or(0.0)
         }
@@ -452,25 +470,35 @@ mod in_cluster {
         p.status
             .as_ref()
             .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|c| {
-                c.iter()
-                    .any(|c| c.type_ == "Ready" && c.status == "True")
-            })
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
     }
 
     /// The chart's defaults hold in the running Pods: scheduled by the scheduler, own Pod IPs,
     /// the hardened security context, the image from the private registry.
     fn assert_default_pods(pods: &[Pod], node_ip: &str, image: &str) {
-        assert_eq!(pods.len(), 2, "2 replicas: {:?}", pods.iter().map(pod_name).collect::<Vec<_>>());
+        assert_eq!(
+            pods.len(),
+            2,
+            "2 replicas: {:?}",
+            pods.iter().map(pod_name).collect::<Vec<_>>()
+        );
         let mut ips = Vec::new();
         for p in pods {
             let spec = p.spec.as_ref().expect("spec");
             let status = p.status.as_ref().expect("status");
             assert!(is_ready(p), "{} is not Ready", pod_name(p));
             assert_eq!(spec.host_network, None, "{}: hostNetwork", pod_name(p));
-            assert!(spec.node_name.is_some(), "{} was not scheduled", pod_name(p));
+            assert!(
+                spec.node_name.is_some(),
+                "{} was not scheduled",
+                pod_name(p)
+            );
             let ip = status.pod_ip.clone().expect("Pod IP");
-            assert!(ip.starts_with("10.244.0.") && ip != node_ip, "{}: Pod IP {ip}", pod_name(p));
+            assert!(
+                ip.starts_with("10.244.0.") && ip != node_ip,
+                "{}: Pod IP {ip}",
+                pod_name(p)
+            );
             ips.push(ip);
             let c = &spec.containers[0];
             assert_eq!(c.image.as_deref(), Some(image));
@@ -494,13 +522,19 @@ mod in_cluster {
         let image = install::inspect_image(&env.image_archive);
         let config = &image["config"]["config"];
         assert_eq!(config["User"], "65532:65532", "USER: {config}");
-        assert_eq!(config["Entrypoint"], serde_json::json!(["/pullsecret-injector"]));
+        assert_eq!(
+            config["Entrypoint"],
+            serde_json::json!(["/pullsecret-injector"])
+        );
         assert_eq!(
             config["Cmd"],
             serde_json::json!(["run", "--config", "/etc/pullsecret-injector/config.yaml"])
         );
         for port in ["8443/tcp", "8080/tcp"] {
-            assert!(config["ExposedPorts"].get(port).is_some(), "EXPOSE {port}: {config}");
+            assert!(
+                config["ExposedPorts"].get(port).is_some(),
+                "EXPOSE {port}: {config}"
+            );
         }
         let files = image["files"].as_object().expect("files");
         let file = |p: &str| {
@@ -510,8 +544,15 @@ mod in_cluster {
         };
         let bin = file("/pullsecret-injector");
         assert_eq!(bin["type"], "file");
-        assert_eq!(bin["mode"].as_u64().map(|m| m & 0o7777), Some(0o755), "{bin}");
-        assert_eq!(bin["uid"], 0, "the binary belongs to root: 65532 cannot change it");
+        assert_eq!(
+            bin["mode"].as_u64().map(|m| m & 0o7777),
+            Some(0o755),
+            "{bin}"
+        );
+        assert_eq!(
+            bin["uid"], 0,
+            "the binary belongs to root: 65532 cannot change it"
+        );
         let bundle = file("/etc/ssl/certs/ca-certificates.crt");
         assert!(
             bundle["size"].as_u64() > Some(100_000),
@@ -519,7 +560,12 @@ mod in_cluster {
         );
         file("/etc/passwd");
         // What a glibc Rust binary needs (the Pods running it in the other tests prove it).
-        for lib in ["ld-linux-x86-64.so.2", "libc.so.6", "libgcc_s.so.1", "libm.so.6"] {
+        for lib in [
+            "ld-linux-x86-64.so.2",
+            "libc.so.6",
+            "libgcc_s.so.1",
+            "libm.so.6",
+        ] {
             assert!(
                 files.keys().any(|p| p.ends_with(&format!("/{lib}"))),
                 "the image lacks {lib}"
@@ -575,8 +621,16 @@ mod in_cluster {
             assert_eq!(node::pull_secrets(p), [SECRET], "{}", pod_name(p));
         }
         let (iam, _) = i.iam.as_ref().expect("IAM stand-in");
-        assert!(iam.issued() >= 1, "the IAM stand-in issued no token: {:?}", iam.rejections());
-        assert!(iam.rejections().is_empty(), "refused JWTs: {:?}", iam.rejections());
+        assert!(
+            iam.issued() >= 1,
+            "the IAM stand-in issued no token: {:?}",
+            iam.rejections()
+        );
+        assert!(
+            iam.rejections().is_empty(),
+            "refused JWTs: {:?}",
+            iam.rejections()
+        );
         // The injector counted the injections it made (both replicas serve).
         let injected: f64 = i
             .injector_pods()
@@ -589,7 +643,10 @@ mod in_cluster {
                 )
             })
             .sum();
-        assert!(injected >= 2.0, "admission_requests_total{{injected}} = {injected}");
+        assert!(
+            injected >= 2.0,
+            "admission_requests_total{{injected}} = {injected}"
+        );
         report(&format!(
             "quickstart (yandexAuthorizedKey): helm install -> 2 replicas Ready {:.1} s; namespace labelled -> Secret {:.0} ms; \
              Deployment from cr.yandex -> 2 Pods Running {:.1} s; IAM tokens issued {}",
@@ -663,13 +720,18 @@ mod in_cluster {
         ]);
         assert_eq!(bundle.trim(), ca, "caBundle is the user's CA");
         assert!(
-            install::run(Path::new("kubectl"), &["-n", &i.ns, "get", "secret", &format!("{RELEASE}-tls")])
-                .status
-                .code()
+            install::run(
+                Path::new("kubectl"),
+                &["-n", &i.ns, "get", "secret", &format!("{RELEASE}-tls")]
+            )
+            .status
+            .code()
                 != Some(0),
             "existingSecret mode must not create its own TLS Secret"
         );
-        report("certificates.mode=existingSecret: installed, injection through the Service with the user's certificate");
+        report(
+            "certificates.mode=existingSecret: installed, injection through the Service with the user's certificate",
+        );
     }
 
     #[tokio::test]
@@ -712,13 +774,19 @@ mod in_cluster {
         // The old Pods are gone (their shutdown delay and drain are over) before we stop.
         let client = i.client.clone();
         let rns = i.ns.clone();
-        poll("the old replicas to exit", Duration::from_secs(60), || async {
-            let pods = Api::<Pod>::namespaced(client.clone(), &rns)
-                .list(&ListParams::default().labels("app.kubernetes.io/name=pullsecret-injector"))
-                .await
-                .ok()?;
-            (!pods.items.iter().any(|p| before.contains(&pod_name(p)))).then_some(())
-        })
+        poll(
+            "the old replicas to exit",
+            Duration::from_secs(60),
+            || async {
+                let pods = Api::<Pod>::namespaced(client.clone(), &rns)
+                    .list(
+                        &ListParams::default().labels("app.kubernetes.io/name=pullsecret-injector"),
+                    )
+                    .await
+                    .ok()?;
+                (!pods.items.iter().any(|p| before.contains(&pod_name(p)))).then_some(())
+            },
+        )
         .await;
         tokio::time::sleep(Duration::from_secs(2)).await;
         let count = load.finish().await;
@@ -736,7 +804,11 @@ mod in_cluster {
             count.missing.len(),
             count.errors.len()
         ));
-        assert!(count.rate >= 20.0, "the load ran at {:.1} Pods/s, below 20", count.rate);
+        assert!(
+            count.rate >= 20.0,
+            "the load ran at {:.1} Pods/s, below 20",
+            count.rate
+        );
         assert!(count.errors.is_empty(), "create errors: {:?}", count.errors);
         assert!(
             count.missing.is_empty(),
@@ -768,18 +840,37 @@ mod in_cluster {
             .delete(&leader, &DeleteParams::default())
             .await
             .expect("deleting the leader Pod");
-        let next = poll("another replica to take the Lease", Duration::from_secs(60), || async {
-            i.leader().await.filter(|p| *p != leader)
-        })
+        let next = poll(
+            "another replica to take the Lease",
+            Duration::from_secs(60),
+            || async { i.leader().await.filter(|p| *p != leader) },
+        )
         .await;
         let takeover = t0.elapsed();
+        // The old leader released the Lease at SIGTERM: it is still in its shutdown delay
+        // (Terminating, still serving the webhook) when another replica holds the Lease.
+        let old = Api::<Pod>::namespaced(i.client.clone(), &i.ns)
+            .get_opt(&leader)
+            .await
+            .expect("reading the old leader Pod");
+        assert!(
+            old.is_some_and(|p| p.metadata.deletion_timestamp.is_some()),
+            "the Lease moved only after the old leader {leader} was gone: it did not release it at SIGTERM"
+        );
         let live: Vec<String> = i.injector_pods().await.iter().map(pod_name).collect();
-        assert!(live.contains(&next), "the new holder {next} is not a live replica: {live:?}");
-        let who = if next == other[0] { "the other replica" } else { "the Deployment's replacement" };
+        assert!(
+            live.contains(&next),
+            "the new holder {next} is not a live replica: {live:?}"
+        );
+        let who = if next == other[0] {
+            "the other replica"
+        } else {
+            "the Deployment's replacement"
+        };
         // The new leader syncs: a namespace labelled now gets its Secret.
         let (_, secret_after) = i.label_and_time_secret("after-takeover").await;
         report(&format!(
-            "leader Pod deleted -> {who} holds the Lease after {:.1} s (shutdownDelay 5s); \
+            "leader Pod deleted -> {who} holds the Lease after {:.1} s (released at SIGTERM; the old Pod still serves for its 5 s shutdown delay); \
              a namespace labelled after that -> Secret {:.0} ms",
             takeover.as_secs_f64(),
             secret_after.as_secs_f64() * 1000.0
@@ -793,13 +884,25 @@ mod in_cluster {
         i.install(Creds::Basic, "").await;
         let client = i.client.clone();
         let ns = i.ns.clone();
-        poll("the PodDisruptionBudget to allow one disruption", Duration::from_secs(30), || async {
-            let out = install::run(
-                Path::new("kubectl"),
-                &["-n", &ns, "get", "pdb", RELEASE, "-o", "jsonpath={.status.disruptionsAllowed}"],
-            );
-            (String::from_utf8_lossy(&out.stdout).trim() == "1").then_some(())
-        })
+        poll(
+            "the PodDisruptionBudget to allow one disruption",
+            Duration::from_secs(30),
+            || async {
+                let out = install::run(
+                    Path::new("kubectl"),
+                    &[
+                        "-n",
+                        &ns,
+                        "get",
+                        "pdb",
+                        RELEASE,
+                        "-o",
+                        "jsonpath={.status.disruptionsAllowed}",
+                    ],
+                );
+                (String::from_utf8_lossy(&out.stdout).trim() == "1").then_some(())
+            },
+        )
         .await;
         // A node drain: cordoned first, so that the evicted replica's replacement cannot start
         // (one node) and only the other replica serves.
@@ -874,7 +977,15 @@ mod in_cluster {
         let mut i = Install::prepare(Creds::Basic).await;
         i.install(Creds::Basic, "").await;
         let (ns, _) = i.label_and_time_secret("kept").await;
-        helm(&["uninstall", RELEASE, "-n", &i.ns, "--wait", "--timeout", "120s"]);
+        helm(&[
+            "uninstall",
+            RELEASE,
+            "-n",
+            &i.ns,
+            "--wait",
+            "--timeout",
+            "120s",
+        ]);
         i.installed = false;
         // Nothing that could stall Pod creation, nothing with cluster-wide rights.
         for (kind, name, namespace) in [
@@ -884,7 +995,11 @@ mod in_cluster {
             ("deployment", RELEASE, Some(i.ns.as_str())),
             ("service", RELEASE, Some(i.ns.as_str())),
             ("lease", RELEASE, Some(i.ns.as_str())),
-            ("role", &format!("{RELEASE}-leader-election"), Some(i.ns.as_str())),
+            (
+                "role",
+                &format!("{RELEASE}-leader-election"),
+                Some(i.ns.as_str()),
+            ),
             ("serviceaccount", RELEASE, Some(i.ns.as_str())),
         ] {
             let mut args = vec!["get", kind, name];
@@ -897,10 +1012,16 @@ mod in_cluster {
         // Pods still get created in an opted-in namespace, just without injection.
         let pods = Api::<Pod>::namespaced(i.client.clone(), &ns);
         let p = pods
-            .create(&PostParams::default(), &install::gated_pod("after-uninstall", "cr.yandex/crp/app:1"))
+            .create(
+                &PostParams::default(),
+                &install::gated_pod("after-uninstall", "cr.yandex/crp/app:1"),
+            )
             .await
             .expect("creating a Pod after uninstall");
-        assert!(node::pull_secrets(&p).is_empty(), "injected after uninstall");
+        assert!(
+            node::pull_secrets(&p).is_empty(),
+            "injected after uninstall"
+        );
         // The managed Secrets stay, on purpose (README: Upgrade and uninstall), and the
         // documented selector finds them.
         let left = kubectl(&[
@@ -912,34 +1033,41 @@ mod in_cluster {
             "-o",
             "name",
         ]);
-        assert!(left.contains(SECRET), "the managed Secret in {ns} is gone: {left}");
+        assert!(
+            left.contains(SECRET),
+            "the managed Secret in {ns} is gone: {left}"
+        );
 
-        // A reinstall right away: the Lease went with the release, so the new replicas elect
-        // at once instead of waiting out the old holder's lease.
-        // (Until the Pods release the Lease at SIGTERM, a reinstall within their shutdown
-        // delay could still meet an old leader renewing it.)
-        let client = i.client.clone();
-        let rns = i.ns.clone();
-        poll("the old injector Pods to exit", Duration::from_secs(60), || async {
-            Api::<Pod>::namespaced(client.clone(), &rns)
-                .list(&ListParams::default().labels("app.kubernetes.io/name=pullsecret-injector"))
-                .await
-                .ok()?
-                .items
-                .is_empty()
-                .then_some(())
-        })
-        .await;
+        // A reinstall right away, the old Pods still in their shutdown delay: the Lease went
+        // with the release and the old leader stepped down at SIGTERM, so the new replicas
+        // elect at once instead of waiting out the old holder's lease.
         i.install(Creds::Basic, "").await;
         let (_, first_secret) = i.label_and_time_secret("after-reinstall").await;
+        let logs = kubectl(&[
+            "-n",
+            &i.ns,
+            "logs",
+            "-l",
+            "app.kubernetes.io/name=pullsecret-injector",
+            "--tail=-1",
+        ]);
+        let became: Vec<&str> = logs
+            .lines()
+            .filter(|l| l.contains("became leader"))
+            .collect();
+        assert!(
+            !became.is_empty(),
+            "no replica became leader after the reinstall:\n{logs}"
+        );
+        assert!(
+            became.iter().all(|l| !l.contains("expired")),
+            "after the reinstall a replica waited for an old lease to expire: {became:?}"
+        );
         report(&format!(
-            "helm uninstall: no webhook, RBAC, Lease or Pods left; managed Secrets kept; reinstall -> Secret in a newly labelled namespace {:.0} ms",
+            "helm uninstall: no webhook, RBAC, Lease or Pods left; managed Secrets kept; immediate reinstall -> \
+             Secret in a newly labelled namespace {:.0} ms, leader elected without waiting for a lease",
             first_secret.as_secs_f64() * 1000.0
         ));
-        assert!(
-            first_secret < Duration::from_secs(10),
-            "after a reinstall the first Secret took {first_secret:?}: the new replicas waited for the old Lease"
-        );
     }
 
     #[tokio::test]
@@ -958,7 +1086,11 @@ mod in_cluster {
         let spec = pods[0].spec.as_ref().expect("spec");
         assert_eq!(spec.host_network, Some(true));
         assert_eq!(
-            pods[0].status.as_ref().and_then(|s| s.pod_ip.clone()).as_deref(),
+            pods[0]
+                .status
+                .as_ref()
+                .and_then(|s| s.pod_ip.clone())
+                .as_deref(),
             Some(i.env.node_ip.as_str()),
             "a host-network Pod has the node's address"
         );
@@ -973,12 +1105,16 @@ mod in_cluster {
             "jsonpath={.items[0].endpoints[0].addresses[0]} {.items[0].ports[*].port}",
         ]);
         assert!(
-            endpoints.starts_with(&i.env.node_ip) && endpoints.contains("10260") && endpoints.contains("10261"),
+            endpoints.starts_with(&i.env.node_ip)
+                && endpoints.contains("10260")
+                && endpoints.contains("10261"),
             "the Service's endpoints are the node's ports: {endpoints}"
         );
         let (ns, _) = i.label_and_time_secret("hostnet-app").await;
         let pods = i.deploy_app(&ns, 1).await;
         assert_eq!(node::pull_secrets(&pods[0]), [SECRET]);
-        report(&format!("hostNetwork: webhook at {endpoints}, injection through the Service"));
+        report(&format!(
+            "hostNetwork: webhook at {endpoints}, injection through the Service"
+        ));
     }
 }
