@@ -63,19 +63,6 @@ API_PORT=6443
 REGISTRY_PORT=5000
 BIN_DIR=$CACHE_DIR/bin
 
-START_DIR=
-START_DONE=0
-on_exit() {
-    local rc=$?
-    if [[ -n $START_DIR && $START_DONE != 1 ]]; then
-        say "up failed; stopping what was started (logs stay in $START_DIR)"
-        stop_all "$START_DIR" || true
-    fi
-    exit "$rc"
-}
-trap on_exit EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
 
 cmd_install() {
     local t0=$SECONDS lockfd

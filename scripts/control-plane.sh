@@ -53,20 +53,6 @@ source "$(dirname "$0")/lib.sh"
 BIN_DIR=$CACHE_DIR/bin
 PORT_LOCK=${TMPDIR:-/tmp}/pullsecret-injector-control-plane.lock
 
-START_DIR=
-START_DONE=0
-on_exit() {
-    local rc=$?
-    if [[ -n $HEARTBEAT_PID ]]; then kill "$HEARTBEAT_PID" 2>/dev/null || true; fi
-    if [[ -n $START_DIR && $START_DONE != 1 ]]; then
-        say "start failed; stopping what was started (logs stay in $START_DIR)"
-        stop_all "$START_DIR" || true
-    fi
-    exit "$rc"
-}
-trap on_exit EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
 
 # ---------------------------------------------------------------------------------------------
 # install

@@ -91,6 +91,24 @@ run_logged() {
     say "  done $label in $(($(date +%s) - t0))s"
 }
 
+# A failed start cleans up after itself: a script that starts processes sets START_DIR to
+# where they live and START_DONE=1 once all is up, and defines stop_all DIR; on any other exit
+# (an error, SIGINT, SIGTERM) stop_all START_DIR runs. The heartbeat of run_logged is stopped.
+START_DIR=
+START_DONE=0
+on_exit() {
+    local rc=$?
+    if [[ -n $HEARTBEAT_PID ]]; then kill "$HEARTBEAT_PID" 2>/dev/null || true; fi
+    if [[ -n $START_DIR && $START_DONE != 1 ]]; then
+        say "start failed; stopping what was started (logs stay in $START_DIR)"
+        stop_all "$START_DIR" || true
+    fi
+    exit "$rc"
+}
+trap on_exit EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
 # ---------------------------------------------------------------------------------------------
 # processes
 

@@ -45,19 +45,6 @@ source "$(dirname "$0")/lib.sh"
 PACKAGES=(containerd runc docker-registry skopeo busybox-static apache2-utils iproute2 curl python3 openssl)
 NODE_NAME=local
 
-START_DIR=
-START_DONE=0
-on_exit() {
-    local rc=$?
-    if [[ -n $START_DIR && $START_DONE != 1 ]]; then
-        say "start failed; stopping what was started (logs stay in $START_DIR/node)"
-        stop_all "$START_DIR" || true
-    fi
-    exit "$rc"
-}
-trap on_exit EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
 
 # ---------------------------------------------------------------------------------------------
 # install
