@@ -8,6 +8,7 @@
 # scripts/cluster.sh in a network namespace): ensure_images, write_registry_config,
 # write_containerd_config, write_kubelet_config, node_cleanup.
 # shellcheck shell=bash
+# shellcheck disable=SC2034 # REPO, IMAGE_PATH, IMAGES, ...: used by the scripts that source this
 
 CACHE_DIR=${XDG_CACHE_HOME:-$HOME/.cache}/pullsecret-injector
 LOG_DIR=$CACHE_DIR/logs
