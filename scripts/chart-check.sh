@@ -19,7 +19,9 @@
 #    - kinds whose CRDs the test API server lacks (cert-manager Certificate/Issuer, Prometheus
 #      Operator ServiceMonitor/PrometheusRule) are checked structurally: required fields, and
 #      that they reference each other, the Service and the mounted Secret consistently;
-#    - semantic checks: RBAC rules exactly as designed, webhook fields, the config file's
+#    - semantic checks: RBAC rules exactly as designed, the Lease the chart owns, the
+#      NetworkPolicy (ingress to the webhook and admin ports only; render-only: no enforcing
+#      CNI here), hostNetwork (node ports), webhook fields, the config file's
 #      namespaceSelector selects the same namespaces as the webhook's, the generated
 #      certificate chains to the caBundle and names the Service, and the rendered config is
 #      accepted by the real binary (`pullsecret-injector explain`), which injects every
@@ -185,7 +187,14 @@ def main():
     check(psc.get("runAsUser") == 65532 and psc.get("runAsGroup") == 65532
           and psc.get("seccompProfile", {}).get("type") == "RuntimeDefault", f"pod securityContext {psc}")
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-    check(ports == {"https": 8443, "metrics": 8080}, f"container ports {ports}")
+    hostnet = case == "hostnet"
+    want_ports = {"https": 10260, "metrics": 10261} if hostnet else {"https": 8443, "metrics": 8080}
+    check(ports == want_ports, f"container ports {ports}")
+    if hostnet:
+        check(spec.get("hostNetwork") is True and spec.get("dnsPolicy") == "ClusterFirstWithHostNet",
+              f"hostNetwork {spec.get('hostNetwork')}, dnsPolicy {spec.get('dnsPolicy')}")
+    else:
+        check("hostNetwork" not in spec, "hostNetwork must be off by default")
     check(c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}, "liveness probe")
     check(c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}, "readiness probe")
     mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
@@ -231,10 +240,28 @@ def main():
     # --- config file ----------------------------------------------------------------------
     cfg = yaml.safe_load(cm["data"]["config.yaml"])
     open(f"{out}/config.yaml", "w").write(cm["data"]["config.yaml"])
-    check(cfg["webhook"] == {"listen": "0.0.0.0:8443", "tlsCertFile": "/tls/tls.crt", "tlsKeyFile": "/tls/tls.key"}, f"config webhook {cfg['webhook']}")
-    check(cfg["admin"] == {"listen": "0.0.0.0:8080"}, "config admin")
+    check(cfg["webhook"] == {"listen": f"0.0.0.0:{want_ports['https']}", "tlsCertFile": "/tls/tls.crt", "tlsKeyFile": "/tls/tls.key"}, f"config webhook {cfg['webhook']}")
+    check(cfg["admin"] == {"listen": f"0.0.0.0:{want_ports['metrics']}"}, "config admin")
     check(cfg["sync"]["leaderElection"]["leaseNamespace"] == role["metadata"]["namespace"],
           "the Role for leases is not in the Lease's namespace")
+    # The chart owns the (empty) Lease, so that uninstall removes it.
+    electing = cfg["sync"]["leaderElection"]["enabled"] and "--no-sync" not in c["args"]
+    lease = one("Lease") if electing else {"metadata": {"name": cfg["sync"]["leaderElection"]["leaseName"], "namespace": cfg["sync"]["leaderElection"]["leaseNamespace"]}}
+    check(electing or not by_kind.get("Lease"), "a Lease is rendered without leader election")
+    check(lease.get("metadata", {}).get("name") == cfg["sync"]["leaderElection"]["leaseName"]
+          and lease["metadata"].get("namespace") == cfg["sync"]["leaderElection"]["leaseNamespace"]
+          and "spec" not in lease, f"Lease {lease.get('metadata')} (must be the config's, without a spec)")
+
+    # --- NetworkPolicy (render-only: this project's clusters have no enforcing CNI) --------
+    nps = by_kind.get("NetworkPolicy", [])
+    if case == "netpol":
+        np = one("NetworkPolicy")["spec"]
+        check(np["podSelector"] == {"matchLabels": sel} and np["policyTypes"] == ["Ingress"], f"NetworkPolicy selector {np}")
+        got = [([p["port"] for p in r["ports"]], r.get("from")) for r in np["ingress"]]
+        check(got == [(["https"], None), (["metrics"], [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}])],
+              f"NetworkPolicy ingress {got}")
+    else:
+        check(not nps, "a NetworkPolicy is rendered although networkPolicy.enabled is false")
 
     # --- webhook --------------------------------------------------------------------------
     wh = mwc["webhooks"]
@@ -382,6 +409,33 @@ refuse "two credential sources in one registry" "/registries/0/credentials" --se
     --set 'registries[0].credentials.yandexAuthorizedKey.file=/creds/key.json'
 refuse "existingSecret mode without caBundle" "caBundle" --set credentials.existingSecret=x \
     --set certificates.mode=existingSecret --set certificates.existingSecret.name=t
+# Endpoints: the schema refuses what the binary refuses (src/config.rs check_endpoint), so that
+# a bad value fails `helm upgrade` instead of crash-looping the new Pods.
+endpoint() { # KIND URL: the values of one registry with that endpoint
+    printf 'credentials: {existingSecret: x}\nregistries:\n  - {name: a, hosts: [a.io], secretName: a, credentials: {%s: {%s endpoint: "%s"}}}\n' \
+        "$1" "$([[ $1 == yandexAuthorizedKey ]] && echo 'file: /creds/key.json,')" "$2" >"$work/endpoint.yaml"
+    echo "$work/endpoint.yaml"
+}
+printf 'apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: c, image: a.io/x:1}]}\n' >"$work/endpoint-pod.yaml"
+for bad in "http://iam.api.cloud.yandex.net/iam/v1/tokens" "http://10.0.0.1:8080/t" "https://user:pw@iam.example/t" "ftp://iam.example/t"; do
+    refuse "yandexAuthorizedKey.endpoint $bad" "endpoint" -f "$(endpoint yandexAuthorizedKey "$bad")"
+    # explain reads and validates the config offline (no network).
+    printf 'registries:\n  - {name: a, hosts: [a.io], secretName: a, credentials: {yandexAuthorizedKey: {file: %s, endpoint: "%s"}}}\n' \
+        "$work/key.json" "$bad" >"$work/endpoint-config.yaml"
+    out=$("$BIN" explain --config "$work/endpoint-config.yaml" -f "$work/endpoint-pod.yaml" 2>&1) &&
+        die "the binary accepts the endpoint $bad that the schema refuses"
+    [[ $out == *endpoint* ]] || die "the binary refused the config with $bad, but not for its endpoint: $out"
+done
+refuse "yandexMetadata.endpoint http to a routable address" "endpoint" -f "$(endpoint yandexMetadata "http://10.0.0.1/token")"
+for good in "https://iam.api.cloud.yandex.net/iam/v1/tokens" "http://127.0.0.1:8080/iam/v1/tokens" "http://localhost/t" "http://[::1]:9/t"; do
+    "$HELM" template "$RELEASE" "$CHART" --namespace "$NS" -f "$(endpoint yandexAuthorizedKey "$good")" >/dev/null 2>&1 ||
+        die "the chart refuses the endpoint $good, which the binary accepts"
+done
+"$HELM" template "$RELEASE" "$CHART" --namespace "$NS" -f "$(endpoint yandexMetadata "http://169.254.169.254/computeMetadata/v1/x")" >/dev/null 2>&1 ||
+    die "the chart refuses the metadata service's link-local http endpoint"
+pass "endpoints: the schema refuses plain http to non-loopback addresses, user info and other schemes, as the binary does"
+refuse "networkPolicy with hostNetwork" "no effect with hostNetwork" --set credentials.existingSecret=x \
+    --set hostNetwork.enabled=true --set networkPolicy.enabled=true
 
 # ----------------------------------------------------------------------------------------
 # check_case NAME MODE URL HELM-TEMPLATE-ARGS...
@@ -401,6 +455,13 @@ check_case() {
     # The API server's own validation of every built-in object; nothing is persisted.
     out=$(kubectl apply --dry-run=server -f "$dir/core.yaml" 2>&1) ||
         { printf '%s\n' "$out" | sed 's/^/    /' >&2; die "case $name: kubectl apply --dry-run=server refused the chart"; }
+    # hostNetwork is a host namespace: only Pod Security "privileged" admits it (README), and
+    # that must be the one objection.
+    local hostnet_warning='would violate PodSecurity "restricted:latest": host namespaces (hostNetwork=true)'
+    if [[ $name == hostnet ]]; then
+        grep -qF "$hostnet_warning" <<<"$out" || die "case $name: no PodSecurity warning about hostNetwork: $out"
+        out=$(grep -vF "$hostnet_warning" <<<"$out")
+    fi
     if grep -qi 'warning' <<<"$out"; then
         printf '%s\n' "$out" | grep -i warning | sed 's/^/    /' >&2
         die "case $name: the API server warned (PodSecurity or deprecated fields)"
@@ -408,9 +469,16 @@ check_case() {
     pass "kubectl apply --dry-run=server: $(grep -c '(server dry run)' <<<"$out") objects valid"
 
     # Pod Security "restricted" enforced on the pod template itself.
-    out=$(kubectl create --dry-run=server -f "$dir/pod.yaml" 2>&1) ||
-        { printf '%s\n' "$out" | sed 's/^/    /' >&2; die "case $name: the pod template violates Pod Security \"restricted\""; }
-    pass "pod template admitted under pod-security.kubernetes.io/enforce=restricted"
+    if [[ $name == hostnet ]]; then
+        out=$(kubectl create --dry-run=server -f "$dir/pod.yaml" 2>&1) && die "case $name: a hostNetwork pod was admitted under restricted"
+        [[ $out == *'host namespaces (hostNetwork=true)'* && $out != *'allowPrivilegeEscalation'* && $out != *'runAsNonRoot'* ]] ||
+            die "case $name: refused under restricted for more than hostNetwork: $out"
+        pass "pod template: hostNetwork is its only Pod Security objection (needs \"privileged\")"
+    else
+        out=$(kubectl create --dry-run=server -f "$dir/pod.yaml" 2>&1) ||
+            { printf '%s\n' "$out" | sed 's/^/    /' >&2; die "case $name: the pod template violates Pod Security \"restricted\""; }
+        pass "pod template admitted under pod-security.kubernetes.io/enforce=restricted"
+    fi
 
     # The real binary accepts the rendered config and injects every registry's Secret.
     out=$("$BIN" explain --config "$dir/config.yaml" -f "$dir/explain-pod.yaml" 2>&1) ||
@@ -442,6 +510,8 @@ check_case certmanager certManager "" -f "$ci/certmanager-values.yaml"
 printf 'certificates:\n  existingSecret:\n    caBundle: %s\n' "$(cat "$work/cabundle")" >"$work/generated-ca-values.yaml"
 check_case existing-tls existingSecret "" -f "$ci/existing-tls-values.yaml" -f "$work/generated-ca-values.yaml"
 check_case url selfSigned "https://127.0.0.1:8443/mutate" -f "$ci/url-values.yaml"
+check_case hostnet selfSigned "" -f "$ci/hostnetwork-values.yaml"
+check_case netpol selfSigned "" -f "$ci/networkpolicy-values.yaml"
 
 step "Pod Security check bites"
 "$PY" - "$work/case-yandex/pod.yaml" "$work/weak-pod.yaml" <<'EOF'

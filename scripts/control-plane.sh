@@ -2,12 +2,15 @@
 # control-plane.sh - a real etcd + kube-apiserver on 127.0.0.1 for end-to-end tests
 # (the envtest idea; see TESTING.md in the shared docs).
 #
-#   scripts/control-plane.sh install [apiserver|kubelet|all]   (default: apiserver)
+#   scripts/control-plane.sh install [apiserver|kubelet|all|cluster]   (default: apiserver)
 #       Idempotent. Installs etcd (Debian's etcd-server) and builds kube-apiserver and/or
-#       kubelet at the pinned KUBE_VERSION from the Go module proxy (fallback: Debian's
-#       kubernetes 1.20.2 source package). Binaries, Go module and build caches live under
+#       kubelet (all: both; cluster: also kube-controller-manager, kube-scheduler and
+#       kube-proxy, for scripts/cluster.sh) at the pinned KUBE_VERSION from the Go module proxy,
+#       every binary in the same scratch module (fallback: Debian's kubernetes 1.20.2 source
+#       package). Binaries, Go module and build caches live under
 #       ${XDG_CACHE_HOME:-$HOME/.cache}/pullsecret-injector/ (stable paths: bin/kube-apiserver,
-#       bin/kubelet); a rerun with the cache in place takes seconds.
+#       bin/kubelet, bin/kube-controller-manager, ...); a rerun with the cache in place takes
+#       seconds.
 #   scripts/control-plane.sh start DIR
 #       Starts etcd and kube-apiserver on free loopback ports, state/logs/pids in DIR (created
 #       if needed; every start begins with an empty cluster), waits for /readyz, and writes
@@ -28,7 +31,8 @@
 #       its data stay), on the same port with the same flags, certificates, tokens and
 #       etcd, and wait for /readyz; DIR/env and DIR/kubeconfig stay valid.
 #   scripts/control-plane.sh env
-#       Prints exports for the cached binaries: PSI_KUBE_APISERVER, PSI_KUBELET, PSI_ETCD.
+#       Prints exports for the cached binaries: PSI_KUBE_APISERVER, PSI_KUBELET, PSI_ETCD
+#       (and PSI_KUBE_CONTROLLER_MANAGER, PSI_KUBE_SCHEDULER, PSI_KUBE_PROXY when built).
 #
 # Knobs: PSI_KUBE_VERSION (build another version), PSI_KUBE_SOURCE=auto|module|debian,
 #   PSI_KUBE_APISERVER / PSI_ETCD (binaries used by start), PSI_START_TIMEOUT (seconds, 60).
@@ -43,91 +47,19 @@ DEBIAN_KUBE_VERSION=1.20.2
 DEBIAN_KUBE_PKG_VERSION=1.20.5+really1.20.2-1.1+deb12u1
 START_TIMEOUT=${PSI_START_TIMEOUT:-60}
 
-CACHE_DIR=${XDG_CACHE_HOME:-$HOME/.cache}/pullsecret-injector
+LIB_NAME=control-plane
+# shellcheck source=scripts/lib.sh
+source "$(dirname "$0")/lib.sh"
 BIN_DIR=$CACHE_DIR/bin
-LOG_DIR=$CACHE_DIR/logs
-# shellcheck source=scripts/lib/kube-module.sh
-source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib/kube-module.sh"
 PORT_LOCK=${TMPDIR:-/tmp}/pullsecret-injector-control-plane.lock
 
-say() { printf 'control-plane: %s\n' "$*" >&2; }
-die() {
-    say "ERROR: $*"
-    exit 1
-}
-need() { command -v "$1" >/dev/null 2>&1 || die "'$1' is not installed${2:+ ($2)}"; }
-
-HEARTBEAT_PID=
-INSTALL_LOCKFD=
-RUN_TOTAL=
-START_DIR=
-START_DONE=0
-on_exit() {
-    local rc=$?
-    if [[ -n $HEARTBEAT_PID ]]; then kill "$HEARTBEAT_PID" 2>/dev/null || true; fi
-    if [[ -n $START_DIR && $START_DONE != 1 ]]; then
-        say "start failed; stopping what was started (logs stay in $START_DIR)"
-        stop_all "$START_DIR" || true
-    fi
-    exit "$rc"
-}
-trap on_exit EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# run_logged LABEL LOG CMD...: run CMD with its output in LOG, print a heartbeat every 30 s,
-# and print the log's tail if it fails.
-run_logged() {
-    local label=$1 log=$2 t0 rc=0
-    shift 2
-    t0=$(date +%s)
-    (
-        # Do not keep the install lock alive in a leftover sleep.
-        if [[ -n $INSTALL_LOCKFD ]]; then exec {INSTALL_LOCKFD}>&-; fi
-        n=0
-        while sleep 1; do
-            n=$((n + 1))
-            if ((n % 30 == 0)); then
-                say "  ... still $label: ${n}s, $(wc -l <"$log") lines in $log${RUN_TOTAL:+ (of $RUN_TOTAL packages; cached ones are not listed)}"
-            fi
-        done
-    ) &
-    HEARTBEAT_PID=$!
-    "$@" >"$log" 2>&1 || rc=$?
-    kill "$HEARTBEAT_PID" 2>/dev/null || true
-    wait "$HEARTBEAT_PID" 2>/dev/null || true
-    HEARTBEAT_PID=
-    if [[ $rc != 0 ]]; then
-        say "$label failed (exit $rc) after $(($(date +%s) - t0))s; last lines of $log:"
-        tail -n 25 "$log" | sed 's/^/    /' >&2
-        return "$rc"
-    fi
-    say "  done $label in $(($(date +%s) - t0))s"
-}
 
 # ---------------------------------------------------------------------------------------------
 # install
 
-apt_install() {
-    local missing=() p
-    for p in "$@"; do
-        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-    done
-    [[ ${#missing[@]} == 0 ]] && return 0
-    [[ $(id -u) == 0 ]] || die "need root to apt-get install ${missing[*]} (or install them yourself)"
-    need apt-get
-    say "apt-get install ${missing[*]}"
-    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >"$LOG_DIR/apt.log" 2>&1; then
-        say "apt-get install failed; running apt-get update once and retrying"
-        apt-get update -q >>"$LOG_DIR/apt.log" 2>&1 || { tail -n 20 "$LOG_DIR/apt.log" >&2; die "apt-get update failed"; }
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >>"$LOG_DIR/apt.log" 2>&1 ||
-            { tail -n 20 "$LOG_DIR/apt.log" >&2; die "apt-get install ${missing[*]} failed (log: $LOG_DIR/apt.log)"; }
-    fi
-}
-
 install_etcd() {
     if ! command -v etcd >/dev/null 2>&1; then
-        apt_install etcd-server
+        apt_install apt etcd-server
     fi
     need etcd "Debian package etcd-server"
     # The package enables a service on the default ports; tests start their own etcd.
@@ -210,7 +142,7 @@ build_debian() {
     local dest=$CACHE_DIR/kube-v$v-debian log=$LOG_DIR/build-kube-v$v-debian-$name.log
     [[ $(id -u) == 0 ]] || die "the Debian fallback needs root (apt-get)"
     say "building $name v$v from Debian's kubernetes source package (fallback)"
-    apt_install golang-1.19-go rsync make golang-github-modern-go-reflect2-dev
+    apt_install apt golang-1.19-go rsync make golang-github-modern-go-reflect2-dev
     work=$CACHE_DIR/src/debian-kubernetes-$v
     mkdir -p "$work" "$dest"
     tree=$(find "$work" -mindepth 1 -maxdepth 1 -type d -name 'kubernetes-*' | head -n 1)
@@ -284,7 +216,7 @@ install_kube() {
 
 cmd_install() {
     local what=${1:-apiserver} t0
-    case $what in apiserver | kubelet | all) ;; *) die "install: unknown target '$what' (apiserver|kubelet|all)" ;; esac
+    case $what in apiserver | kubelet | all | cluster) ;; *) die "install: unknown target '$what' (apiserver|kubelet|all|cluster)" ;; esac
     case $KUBE_SOURCE in auto | module | debian) ;; *) die "PSI_KUBE_SOURCE must be auto, module or debian" ;; esac
     t0=$(date +%s)
     mkdir -p "$CACHE_DIR" "$LOG_DIR"
@@ -299,11 +231,19 @@ cmd_install() {
         install_kube kube-apiserver
     fi
     if [[ $what != apiserver ]]; then install_kube kubelet; fi
-    if [[ -e $BIN_DIR/kube-apiserver && -e $BIN_DIR/kubelet &&
-        $(readlink "$BIN_DIR/kube-apiserver") != "$(dirname "$(readlink "$BIN_DIR/kubelet")")/kube-apiserver" ]]; then
-        say "WARNING: kube-apiserver and kubelet come from different builds:" \
-            "$(readlink "$BIN_DIR/kube-apiserver"), $(readlink "$BIN_DIR/kubelet")"
+    if [[ $what == cluster ]]; then
+        install_kube kube-controller-manager
+        install_kube kube-scheduler
+        install_kube kube-proxy
     fi
+    local b
+    for b in kubelet kube-controller-manager kube-scheduler kube-proxy; do
+        if [[ -e $BIN_DIR/kube-apiserver && -e $BIN_DIR/$b &&
+            $(readlink "$BIN_DIR/kube-apiserver") != "$(dirname "$(readlink "$BIN_DIR/$b")")/kube-apiserver" ]]; then
+            say "WARNING: kube-apiserver and $b come from different builds:" \
+                "$(readlink "$BIN_DIR/kube-apiserver"), $(readlink "$BIN_DIR/$b")"
+        fi
+    done
     say "install done in $(($(date +%s) - t0))s"
 }
 
@@ -323,52 +263,17 @@ cmd_env() {
         rc=1
     fi
     if [[ -x $BIN_DIR/kubelet ]]; then printf 'export PSI_KUBELET=%q\n' "$BIN_DIR/kubelet"; fi
+    local b var
+    for b in kube-controller-manager kube-scheduler kube-proxy; do
+        var=PSI_$(tr 'a-z-' 'A-Z_' <<<"$b")
+        if [[ -x $BIN_DIR/$b ]]; then printf 'export %s=%q\n' "$var" "$BIN_DIR/$b"; fi
+    done
     ((rc == 0)) || say "run: scripts/control-plane.sh install"
     return "$rc"
 }
 
 # ---------------------------------------------------------------------------------------------
 # start / stop
-
-# is_running PIDFILE NAME: the pid in PIDFILE is a live (not zombie) process running NAME
-# (argv[0], or argv[1] for a wrapper script), so a recycled pid is never killed.
-is_running() {
-    local pid arg
-    [[ -f $1 ]] || return 1
-    pid=$(cat "$1" 2>/dev/null) || return 1
-    [[ $pid =~ ^[0-9]+$ ]] || return 1
-    kill -0 "$pid" 2>/dev/null || return 1
-    [[ -r /proc/$pid/cmdline ]] || return 0
-    while IFS= read -r arg; do
-        [[ ${arg##*/} == "$2" ]] && return 0
-    done < <(tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | head -n 2)
-    return 1
-}
-
-stop_one() {
-    local dir=$1 name=$2 pidfile pid i
-    pidfile=$dir/$name.pid
-    [[ -f $pidfile ]] || return 0
-    if is_running "$pidfile" "$name"; then
-        pid=$(cat "$pidfile")
-        say "stopping $name (pid $pid)"
-        kill -TERM "$pid" 2>/dev/null || true
-        for ((i = 0; i < 150; i++)); do
-            is_running "$pidfile" "$name" || break
-            sleep 0.1
-        done
-        if is_running "$pidfile" "$name"; then
-            say "$name (pid $pid) did not exit within 15 s of SIGTERM; sending SIGKILL"
-            kill -KILL "$pid" 2>/dev/null || true
-            for ((i = 0; i < 50; i++)); do
-                is_running "$pidfile" "$name" || break
-                sleep 0.1
-            done
-            is_running "$pidfile" "$name" && die "$name (pid $pid) survived SIGKILL"
-        fi
-    fi
-    rm -f "$pidfile"
-}
 
 stop_all() {
     stop_one "$1" kube-apiserver
@@ -381,31 +286,6 @@ cmd_stop() {
     [[ -d $dir ]] || { say "$dir does not exist; nothing to stop"; return 0; }
     stop_all "$dir"
     say "stopped ($dir)"
-}
-
-# free_ports N: N distinct free TCP ports on 127.0.0.1 (all bound at once, then released).
-free_ports() {
-    python3 - "$1" <<'EOF'
-import socket, sys
-socks = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-EOF
-}
-
-# launch NAME DIR LOCKFD CMD...: start CMD detached (own session), output to DIR/NAME.log.
-launch() {
-    local name=$1 dir=$2 fd=$3
-    shift 3
-    if [[ -n $fd ]]; then
-        setsid "$@" </dev/null >>"$dir/$name.log" 2>&1 {fd}>&- &
-    else
-        setsid "$@" </dev/null >>"$dir/$name.log" 2>&1 &
-    fi
-    echo $! >"$dir/$name.pid"
 }
 
 # owns_port PID PORT: PID holds the listening socket 127.0.0.1:PORT (so a health check on PORT
@@ -441,7 +321,7 @@ wait_for_port() {
 launch_apiserver() {
     local dir=$1 fd=$2 bin=$3 ep=$4 ap=$5
     say "starting kube-apiserver on 127.0.0.1:$ap"
-    launch kube-apiserver "$dir" "$fd" "$bin" \
+    LAUNCH_CLOSE_FD=$fd launch kube-apiserver "$dir" "$bin" \
         --etcd-servers="http://127.0.0.1:$ep" \
         --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$ap" \
         --cert-dir="$dir/certs" \
@@ -530,7 +410,7 @@ cmd_start() {
         fi
         read -r ep pp ap <<<"$(free_ports 3)"
         say "starting etcd on 127.0.0.1:$ep (peer $pp)"
-        launch etcd "$dir" "$lockfd" "$etcd_bin" --name psi --data-dir "$dir/etcd" \
+        LAUNCH_CLOSE_FD=$lockfd launch etcd "$dir" "$etcd_bin" --name psi --data-dir "$dir/etcd" \
             --listen-client-urls "http://127.0.0.1:$ep" --advertise-client-urls "http://127.0.0.1:$ep" \
             --listen-peer-urls "http://127.0.0.1:$pp" --initial-advertise-peer-urls "http://127.0.0.1:$pp" \
             --initial-cluster "psi=http://127.0.0.1:$pp" --initial-cluster-token "psi-$ep-$$" \

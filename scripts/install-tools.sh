@@ -3,29 +3,41 @@
 #
 #   scripts/install-tools.sh helm      Installs helm (HELM_VERSION below) unless cached; prints
 #                                      the binary's path on stdout. Idempotent; seconds when cached.
+#   scripts/install-tools.sh buildkit  Installs BuildKit's buildkitd and buildctl
+#                                      (BUILDKIT_VERSION below) unless cached; prints the folder
+#                                      holding both on stdout. Used by scripts/image.sh.
 #
-# helm is not packaged by Debian and release downloads are not reachable here, so it is built
-# with `go install helm.sh/helm/v3/cmd/helm@vX` (needs Go >= the version helm's go.mod names).
-# Binary, Go module and build caches live under ${XDG_CACHE_HOME:-$HOME/.cache}/pullsecret-injector/
-# (bin/helm-vX/helm, go/mod, go/build: the module and build caches are shared with
-# scripts/control-plane.sh). Knob: PSI_HELM_VERSION. Progress and errors go to stderr.
+# Neither is packaged by Debian and release downloads are not reachable here, so both are built
+# with `go install <module>/cmd/<tool>@vX` (needs Go >= the version their go.mod names).
+# Binaries, Go module and build caches live under ${XDG_CACHE_HOME:-$HOME/.cache}/pullsecret-injector/
+# (bin/helm-vX/helm, bin/buildkit-vX/{buildkitd,buildctl}, go/mod, go/build: the module and
+# build caches are shared with scripts/control-plane.sh). Knobs: PSI_HELM_VERSION,
+# PSI_BUILDKIT_VERSION. Progress and errors go to stderr.
 set -euo pipefail
 
 # Newest helm v3 release on the module proxy (checked: v3.22.0, needs go >= 1.26.0).
 HELM_VERSION=${PSI_HELM_VERSION:-3.22.0}
-CACHE_DIR=${XDG_CACHE_HOME:-$HOME/.cache}/pullsecret-injector
-LOG_DIR=$CACHE_DIR/logs
-# shellcheck source=scripts/lib/kube-module.sh
-source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib/kube-module.sh"
+# Newest BuildKit release on the module proxy (checked: v0.34.2; needs go >= 1.26.8).
+BUILDKIT_VERSION=${PSI_BUILDKIT_VERSION:-0.34.2}
+LIB_NAME=install-tools
+# shellcheck source=scripts/lib.sh
+source "$(dirname "$0")/lib.sh"
 
-say() { printf 'install-tools: %s\n' "$*" >&2; }
-die() {
-    say "ERROR: $*"
-    exit 1
+# go_install LABEL DEST LOG LDFLAGS PKG@VERSION: `go install` into DEST with the shared caches
+# (go_env), logged with a heartbeat (run_logged).
+go_install() {
+    local label=$1 dest=$2 log=$3 ldflags=$4 go
+    shift 4
+    go=$(find_go) || die "no Go toolchain (go on PATH or /usr/local/go/bin/go): $label is built with go install"
+    mkdir -p "$dest" "$LOG_DIR"
+    say "building $label with go install ($("$go" version | cut -d' ' -f3); cold: a few minutes, log $log)"
+    go_env
+    GOBIN=$dest run_logged "building $label" "$log" "$go" install -ldflags "$ldflags" "$@" ||
+        die "go install $* failed (log: $log)"
 }
 
 install_helm() {
-    local v=$HELM_VERSION dest bin go log t0 out minor
+    local v=$HELM_VERSION dest bin log out minor lockfd
     dest=$CACHE_DIR/bin/helm-v$v
     bin=$dest/helm
     if [[ -x $bin ]] && out=$("$bin" version --template '{{.Version}}' 2>/dev/null) && [[ $out == "v$v" ]]; then
@@ -33,7 +45,6 @@ install_helm() {
         echo "$bin"
         return 0
     fi
-    go=$(find_go) || die "no Go toolchain (go on PATH or /usr/local/go/bin/go): helm is built with go install"
     mkdir -p "$dest" "$LOG_DIR"
     log=$LOG_DIR/build-helm-v$v.log
     # One install at a time (tests may run in parallel).
@@ -43,19 +54,10 @@ install_helm() {
         echo "$bin"
         return 0
     fi
-    say "building helm v$v with go install ($("$go" version | cut -d' ' -f3); cold: a few minutes, log $log)"
-    t0=$(date +%s)
     # Same ldflags as helm's Makefile: version, and the Kubernetes version that `helm template`
     # and `helm lint` assume (the client-go minor helm v3.22 is built with: 1.37).
     minor=37
-    (
-        # Heartbeat so that a cold build never looks hung.
-        while sleep 30; do say "  ... still building helm: $(($(date +%s) - t0))s"; done
-    ) &
-    local hb=$!
-    if ! env GOBIN="$dest" GOMODCACHE="$CACHE_DIR/go/mod" GOCACHE="$CACHE_DIR/go/build" \
-        GOTOOLCHAIN=local GOWORK=off CGO_ENABLED=0 GOFLAGS="-modcacherw -buildvcs=false" \
-        "$go" install -ldflags "-s -w \
+    go_install "helm v$v" "$dest" "$log" "-s -w \
             -X helm.sh/helm/v3/internal/version.version=v$v \
             -X helm.sh/helm/v3/internal/version.metadata= \
             -X helm.sh/helm/v3/internal/version.gitTreeState=clean \
@@ -63,24 +65,80 @@ install_helm() {
             -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$minor \
             -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 \
             -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$minor" \
-        "helm.sh/helm/v3/cmd/helm@v$v" >"$log" 2>&1; then
-        kill "$hb" 2>/dev/null || true
-        wait "$hb" 2>/dev/null || true
-        tail -n 25 "$log" | sed 's/^/    /' >&2
-        die "go install helm.sh/helm/v3/cmd/helm@v$v failed (log: $log)"
-    fi
-    kill "$hb" 2>/dev/null || true
-    wait "$hb" 2>/dev/null || true
+        "helm.sh/helm/v3/cmd/helm@v$v"
     out=$("$bin" version --template '{{.Version}}' 2>&1) || die "$bin does not run: $out"
     [[ $out == "v$v" ]] || die "$bin reports version '$out', expected v$v"
-    say "helm v$v built in $(($(date +%s) - t0))s: $bin"
     echo "$bin"
+}
+
+# buildkitd and buildctl at BUILDKIT_VERSION, static (CGO off), with the version ldflags of
+# BuildKit's own Dockerfile. `go install module/cmd/x@v` refuses BuildKit (its go.mod has
+# `exclude` directives), so both are built in a scratch module that requires BuildKit at that
+# version and repeats its `exclude` block: the same dependency versions as BuildKit's own
+# build. buildkitd runs build steps with runc (Debian's package; scripts/image.sh installs it).
+install_buildkit() {
+    local v=$BUILDKIT_VERSION dest src go json gomod log lockfd ld
+    dest=$CACHE_DIR/bin/buildkit-v$v
+    if buildkit_cached "$dest" "$v"; then
+        say "buildkit v$v cached: $dest"
+        echo "$dest"
+        return 0
+    fi
+    mkdir -p "$CACHE_DIR" "$LOG_DIR"
+    exec {lockfd}>>"$CACHE_DIR/buildkit-install.lock"
+    flock -w 1800 "$lockfd" || die "timed out waiting for $CACHE_DIR/buildkit-install.lock"
+    if buildkit_cached "$dest" "$v"; then
+        echo "$dest"
+        return 0
+    fi
+    go=$(find_go) || die "no Go toolchain (go on PATH or /usr/local/go/bin/go): buildkit is built from the Go module proxy"
+    go_env
+    log=$LOG_DIR/build-buildkit-v$v.log
+    src=$CACHE_DIR/src/buildkit-v$v
+    mkdir -p "$src" "$dest"
+    json=$(cd / && "$go" mod download -json "github.com/moby/buildkit@v$v" 2>&1) ||
+        die "go mod download github.com/moby/buildkit@v$v failed: $json"
+    gomod=$(printf '%s\n' "$json" | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",\{0,1\}$/\1/p')
+    [[ -f $gomod ]] || die "no go.mod for github.com/moby/buildkit@v$v in: $json"
+    {
+        echo "// generated by scripts/install-tools.sh: builds buildkitd and buildctl"
+        echo "module psi.local/buildkit-build"
+        echo
+        sed -nE 's/^go ([0-9.]+)[[:space:]]*$/go \1/p' "$gomod" | head -n 1
+        echo
+        echo "require github.com/moby/buildkit v$v"
+        echo
+        # BuildKit's exclude block(s), verbatim from its go.mod.
+        awk '/^exclude[[:space:]]*\(/ { on = 1 } on { print } on && /^\)/ { on = 0 } /^exclude[[:space:]]+[^(]/ { print }' "$gomod"
+    } >"$src/go.mod"
+    say "building buildkit v$v (buildkitd, buildctl) in scratch module $src ($("$go" version | cut -d' ' -f3); cold: a few minutes)"
+    ld="-s -w -X github.com/moby/buildkit/version.Version=v$v -X github.com/moby/buildkit/version.Revision=module-proxy"
+    cd "$src"
+    run_logged "compiling buildkitd" "$log" "$go" build -mod=mod -ldflags "$ld" \
+        -tags "osusergo netgo static_build" -o "$dest/.buildkitd.tmp" github.com/moby/buildkit/cmd/buildkitd ||
+        die "building buildkitd v$v failed (log: $log)"
+    run_logged "compiling buildctl" "$log.buildctl" "$go" build -mod=mod -ldflags "$ld" \
+        -o "$dest/.buildctl.tmp" github.com/moby/buildkit/cmd/buildctl ||
+        die "building buildctl v$v failed (log: $log.buildctl)"
+    mv -f "$dest/.buildkitd.tmp" "$dest/buildkitd"
+    mv -f "$dest/.buildctl.tmp" "$dest/buildctl"
+    buildkit_cached "$dest" "$v" || die "the buildkit binaries in $dest do not report v$v: $("$dest/buildkitd" --version 2>&1)"
+    echo "$dest"
+}
+
+# buildkit_cached DIR VERSION: DIR holds buildkitd and buildctl that report VERSION.
+buildkit_cached() {
+    local t out
+    for t in buildkitd buildctl; do
+        out=$("$1/$t" --version 2>/dev/null) && [[ $out == *" v$2 "* || $out == *" v$2" ]] || return 1
+    done
 }
 
 case ${1:-} in
 helm) install_helm ;;
+buildkit) install_buildkit ;;
 *)
-    sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
     ;;
 esac

@@ -39,108 +39,22 @@
 set -euo pipefail
 
 START_TIMEOUT=${PSI_START_TIMEOUT:-60}
-CACHE_DIR=${XDG_CACHE_HOME:-$HOME/.cache}/pullsecret-injector
-LOG_DIR=$CACHE_DIR/logs
-IMAGE_DIR=$CACHE_DIR/images
-SCRIPTS=$(cd "$(dirname "$0")" && pwd -P)
-REPO=$(dirname "$SCRIPTS")
+LIB_NAME=node
+# shellcheck source=scripts/lib.sh
+source "$(dirname "$0")/lib.sh"
 PACKAGES=(containerd runc docker-registry skopeo busybox-static apache2-utils iproute2 curl python3 openssl)
 NODE_NAME=local
-# The image every test Pod runs (as cr.yandex/crp/app:1 or registry.yandexcloud.net/crp/app:1).
-IMAGE_PATH=crp/app:1
-PAUSE_REF=local/pause:3.2
-# PID 1 of both images: a shell that exits on SIGTERM (a bare sleep as PID 1 would ignore it
-# and every Pod deletion would wait out its grace period).
-ENTRYPOINT=(/bin/busybox sh -c 'trap "exit 0" TERM INT; /bin/busybox sleep 2147483647 & wait')
 
-say() { printf 'node: %s\n' "$*" >&2; }
-die() {
-    say "ERROR: $*"
-    exit 1
-}
-need() { command -v "$1" >/dev/null 2>&1 || die "'$1' is not installed${2:+ ($2)}: run scripts/node.sh install"; }
-
-START_DIR=
-START_DONE=0
-on_exit() {
-    local rc=$?
-    if [[ -n $START_DIR && $START_DONE != 1 ]]; then
-        say "start failed; stopping what was started (logs stay in $START_DIR/node)"
-        stop_all "$START_DIR" || true
-    fi
-    exit "$rc"
-}
-trap on_exit EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
 
 # ---------------------------------------------------------------------------------------------
 # install
-
-apt_install() {
-    local missing=() p
-    for p in "$@"; do
-        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-    done
-    [[ ${#missing[@]} == 0 ]] && return 0
-    [[ $(id -u) == 0 ]] || die "need root to apt-get install ${missing[*]} (or install them yourself)"
-    command -v apt-get >/dev/null || die "apt-get not found: install ${missing[*]} yourself"
-    say "apt-get install ${missing[*]}"
-    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >"$LOG_DIR/apt-node.log" 2>&1; then
-        say "apt-get install failed; running apt-get update once and retrying"
-        apt-get update -q >>"$LOG_DIR/apt-node.log" 2>&1 || { tail -n 20 "$LOG_DIR/apt-node.log" >&2; die "apt-get update failed"; }
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >>"$LOG_DIR/apt-node.log" 2>&1 ||
-            { tail -n 20 "$LOG_DIR/apt-node.log" >&2; die "apt-get install ${missing[*]} failed (log: $LOG_DIR/apt-node.log)"; }
-    fi
-    # On a machine with an init system the packages start their own services; the registry's
-    # listens on :5000 on every interface. Tests run their own instances: stop that one.
-    if [[ " ${missing[*]} " == *" docker-registry "* ]] && command -v service >/dev/null 2>&1 &&
-        service docker-registry status >/dev/null 2>&1; then
-        say "stopping the packaged docker-registry service (tests run their own registry)"
-        service docker-registry stop >/dev/null 2>&1 || say "WARNING: could not stop the packaged docker-registry service"
-    fi
-}
-
-# image_key: a digest of everything an image build depends on (a new busybox or a changed
-# builder gives a new cache entry).
-image_key() {
-    { sha256sum </usr/bin/busybox; sha256sum <"$SCRIPTS/oci-image.py"; printf '%s\0' "${ENTRYPOINT[@]}"; } |
-        sha256sum | cut -c1-16
-}
-
-# ensure_images: OCI layouts of the app and pause images, and the pause image as a
-# docker-archive for `ctr images import`, under IMAGE_DIR/KEY/.
-ensure_images() {
-    local key dir tmp
-    key=$(image_key)
-    dir=$IMAGE_DIR/$key
-    if [[ -f $dir/.done ]]; then
-        say "images: cached in $dir"
-        IMAGES=$dir
-        return 0
-    fi
-    need skopeo
-    say "building the test images from busybox-static into $dir"
-    mkdir -p "$IMAGE_DIR"
-    tmp=$(mktemp -d "$IMAGE_DIR/.build.XXXXXX")
-    python3 "$SCRIPTS/oci-image.py" "$tmp/app" 1 /usr/bin/busybox "${ENTRYPOINT[@]}" >/dev/null ||
-        die "building the app image failed"
-    python3 "$SCRIPTS/oci-image.py" "$tmp/pause" 3.2 /usr/bin/busybox "${ENTRYPOINT[@]}" >/dev/null ||
-        die "building the pause image failed"
-    skopeo copy -q "oci:$tmp/pause:3.2" "docker-archive:$tmp/pause.tar:$PAUSE_REF" >"$tmp/skopeo.log" 2>&1 ||
-        { cat "$tmp/skopeo.log" >&2; die "skopeo copy of the pause image to a docker-archive failed"; }
-    touch "$tmp/.done"
-    rm -rf "$dir"
-    mv "$tmp" "$dir"
-    IMAGES=$dir
-}
 
 cmd_install() {
     local t0=$SECONDS lockfd
     mkdir -p "$CACHE_DIR" "$LOG_DIR"
     exec {lockfd}>>"$CACHE_DIR/node-install.lock"
     flock -w 3600 "$lockfd" || die "timed out waiting for $CACHE_DIR/node-install.lock"
-    apt_install "${PACKAGES[@]}"
+    apt_install apt-node "${PACKAGES[@]}"
     if [[ -z ${PSI_KUBELET:-} ]]; then
         # Its own lock (install.lock): do not hold ours across it longer than needed.
         "$SCRIPTS/control-plane.sh" install kubelet
@@ -158,119 +72,9 @@ kubelet_bin() {
 # ---------------------------------------------------------------------------------------------
 # processes
 
-# is_running PIDFILE NAME: the pid in PIDFILE is alive and runs NAME (argv[0]'s basename), so
-# a recycled pid is never signalled.
-is_running() {
-    local pid arg
-    [[ -f $1 ]] || return 1
-    pid=$(cat "$1" 2>/dev/null) || return 1
-    [[ $pid =~ ^[0-9]+$ ]] || return 1
-    kill -0 "$pid" 2>/dev/null || return 1
-    [[ $(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) != Z ]] || return 1
-    arg=$(tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | head -n 1)
-    [[ ${arg##*/} == "$2" ]]
-}
-
-stop_one() {
-    local dir=$1 name=$2 pidfile pid i
-    pidfile=$dir/$name.pid
-    [[ -f $pidfile ]] || return 0
-    if is_running "$pidfile" "$name"; then
-        pid=$(cat "$pidfile")
-        say "stopping $name (pid $pid)"
-        kill -TERM "$pid" 2>/dev/null || true
-        for ((i = 0; i < 150; i++)); do
-            is_running "$pidfile" "$name" || break
-            sleep 0.1
-        done
-        if is_running "$pidfile" "$name"; then
-            say "$name (pid $pid) did not exit within 15 s of SIGTERM; sending SIGKILL"
-            kill -KILL "$pid" 2>/dev/null || true
-            for ((i = 0; i < 50; i++)); do
-                is_running "$pidfile" "$name" || break
-                sleep 0.1
-            done
-            is_running "$pidfile" "$name" && die "$name (pid $pid) survived SIGKILL"
-        fi
-    fi
-    rm -f "$pidfile"
-}
-
-# descendants PID: every process below PID (children first), from /proc.
-descendants() {
-    local child
-    while read -r child; do
-        descendants "$child"
-        echo "$child"
-    done < <(awk -v p="$1" '$4 == p { print $1 }' /proc/[0-9]*/stat 2>/dev/null)
-}
-
-# our_shims SOCK: pids of containerd-shim-runc-v2 processes serving the containerd at SOCK
-# (their command line names that socket), so other containerds' shims are never touched.
-our_shims() {
-    local f pid args
-    for f in /proc/[0-9]*/cmdline; do
-        pid=${f#/proc/}
-        pid=${pid%/cmdline}
-        args=$({ tr '\0' '\n' <"$f"; } 2>/dev/null) || continue
-        if [[ ${args%%$'\n'*} == *containerd-shim* ]] && grep -qxF -- "$1" <<<"$args"; then
-            echo "$pid"
-        fi
-    done
-}
-
 stop_all() {
-    local dir=$1 n=$1/node sock ids id shims pid mounts left m cg i
-    [[ -d $n ]] || return 0
-    sock=$n/containerd/containerd.sock
-    stop_one "$n" kubelet
-    # Remove every container (CRI sandboxes included) while containerd still runs: this kills
-    # their processes, and containerd unmounts their root filesystems.
-    ids=()
-    if is_running "$n/containerd.pid" containerd; then
-        mapfile -t ids < <(ctr -a "$sock" -n k8s.io containers ls -q 2>/dev/null || true)
-        if ((${#ids[@]} > 0)); then
-            say "removing ${#ids[@]} containers and sandboxes"
-            for id in "${ids[@]}"; do
-                ctr -a "$sock" -n k8s.io tasks delete --force "$id" >/dev/null 2>&1 || true
-            done
-            for id in "${ids[@]}"; do
-                ctr -a "$sock" -n k8s.io containers delete "$id" >/dev/null 2>&1 || true
-            done
-        fi
-    fi
-    stop_one "$n" containerd
-    stop_one "$n" docker-registry
-    # A crash leaves shims (and their containers) behind: kill those of this containerd only.
-    mapfile -t shims < <(our_shims "$sock")
-    for pid in "${shims[@]}"; do
-        [[ -n $pid ]] || continue
-        say "killing leftover shim $pid and its processes"
-        for i in $(descendants "$pid") "$pid"; do kill -KILL "$i" 2>/dev/null || true; done
-    done
-    # Unmount whatever is left below DIR/node (sandbox shm, rootfs, kubelet's own bind mount),
-    # deepest first.
-    for ((i = 0; i < 3; i++)); do
-        mapfile -t mounts < <(findmnt -rn -o TARGET 2>/dev/null | awk -v p="$n/" 'index($0, p) == 1' | sort -r)
-        ((${#mounts[@]} > 0)) || break
-        for m in "${mounts[@]}"; do
-            umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || say "WARNING: could not unmount $m"
-        done
-    done
-    left=$(findmnt -rn -o TARGET 2>/dev/null | awk -v p="$n/" 'index($0, p) == 1' || true)
-    [[ -z $left ]] || say "WARNING: still mounted under $n: $left"
-    # The containers' cgroups (cgroupfs driver: <controller>/k8s.io/<id>); empty once their
-    # processes are gone.
-    if [[ -d $n/containerd/state/io.containerd.runtime.v2.task/k8s.io ]]; then
-        mapfile -t -O "${#ids[@]}" ids < <(ls "$n/containerd/state/io.containerd.runtime.v2.task/k8s.io" 2>/dev/null)
-    fi
-    for id in "${ids[@]}"; do
-        [[ $id =~ ^[0-9a-f]{64}$ ]] || continue
-        for cg in /sys/fs/cgroup/*/k8s.io/"$id" /sys/fs/cgroup/k8s.io/"$id"; do
-            if [[ -d $cg ]]; then rmdir "$cg" 2>/dev/null || true; fi
-        done
-    done
-    rm -f "$dir/node.env"
+    node_cleanup "$1/node"
+    rm -f "$1/node.env"
 }
 
 cmd_stop() {
@@ -280,47 +84,6 @@ cmd_stop() {
     dir=$(cd "$dir" && pwd -P)
     stop_all "$dir"
     say "stopped ($dir/node)"
-}
-
-# free_ports N: N distinct free TCP ports on 127.0.0.1.
-free_ports() {
-    python3 - "$1" <<'EOF'
-import socket, sys
-socks = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-EOF
-}
-
-# launch NAME DIR CMD...: start CMD detached (own session), output to DIR/NAME.log.
-launch() {
-    local name=$1 dir=$2
-    shift 2
-    setsid "$@" </dev/null >>"$dir/$name.log" 2>&1 &
-    echo $! >"$dir/$name.pid"
-}
-
-# wait_until WHAT NAME DIR TIMEOUT CMD...: until CMD succeeds; fails with NAME's log tail if
-# NAME exits or TIMEOUT passes.
-wait_until() {
-    local what=$1 name=$2 dir=$3 deadline=$((SECONDS + $4))
-    shift 4
-    until "$@" >/dev/null 2>&1; do
-        if ! is_running "$dir/$name.pid" "$name"; then
-            say "$name exited while waiting for $what; last lines of $dir/$name.log:"
-            tail -n 30 "$dir/$name.log" | sed 's/^/    /' >&2
-            return 1
-        fi
-        if ((SECONDS >= deadline)); then
-            say "timed out after $4 s waiting for $what; last lines of $dir/$name.log:"
-            tail -n 30 "$dir/$name.log" | sed 's/^/    /' >&2
-            return 1
-        fi
-        sleep 0.2
-    done
 }
 
 registry_answers() { # PORT CA EXPECTED_STATUS
@@ -339,127 +102,6 @@ node_registered() { # KUBECONFIG
 # is only reported in the Node's status; nothing connects to it.
 node_ip() {
     ip -4 -o addr show scope global 2>/dev/null | awk '{ split($4, a, "/"); print a[1]; exit }'
-}
-
-write_registry_config() { # DIR PORT
-    local r=$1/registry
-    cat >"$r/config.yml" <<EOF
-version: 0.1
-log:
-  level: info
-  fields: {service: registry}
-storage:
-  filesystem: {rootdirectory: $r/data}
-  delete: {enabled: true}
-  maintenance: {uploadpurging: {enabled: false}}
-http:
-  addr: 127.0.0.1:$2
-  secret: $(openssl rand -hex 16)
-  tls:
-    certificate: $1/certs/tls.crt
-    key: $1/certs/tls.key
-  headers:
-    X-Content-Type-Options: [nosniff]
-auth:
-  htpasswd:
-    realm: pullsecret-injector-test
-    path: $r/htpasswd
-EOF
-}
-
-write_containerd_config() { # DIR PORT
-    local n=$1 c=$1/containerd h
-    mkdir -p "$c/certs.d" "$n/cni/net.d"
-    # Both Yandex registry hosts go to the local registry and nowhere else: `server` and the
-    # only [host] are 127.0.0.1, so a pull never falls back to the real host name.
-    for h in cr.yandex registry.yandexcloud.net; do
-        mkdir -p "$c/certs.d/$h"
-        cat >"$c/certs.d/$h/hosts.toml" <<EOF
-server = "https://127.0.0.1:$2"
-
-[host."https://127.0.0.1:$2"]
-  capabilities = ["pull", "resolve"]
-  ca = "$n/registry-ca/ca.crt"
-EOF
-    done
-    cat >"$c/config.toml" <<EOF
-# written by scripts/node.sh
-version = 2
-root = "$c/root"
-state = "$c/state"
-disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.zfs"]
-
-[grpc]
-  address = "$c/containerd.sock"
-[ttrpc]
-  address = "$c/containerd.sock.ttrpc"
-[debug]
-  address = ""
-[metrics]
-  address = ""
-
-[plugins."io.containerd.internal.v1.opt"]
-  path = "$c/opt"
-
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "$PAUSE_REF"
-  # Without CAP_SYS_RESOURCE (sandboxes, some CI machines) runc fails every sandbox with
-  # "can't get final child's PID from pipe: EOF" unless the OOM score is only ever raised.
-  restrict_oom_score_adj = true
-  # Test Pods ask for no AppArmor profile; on a host with AppArmor enabled containerd would
-  # otherwise load its default profile with apparmor_parser.
-  disable_apparmor = true
-  stream_server_address = "127.0.0.1"
-  stream_server_port = "0"
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-    default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-        SystemdCgroup = false
-        Root = "$c/runc"
-  # No CNI network: test Pods use hostNetwork (the node stays NotReady, which does not stop them).
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/usr/lib/cni"
-    conf_dir = "$n/cni/net.d"
-  [plugins."io.containerd.grpc.v1.cri".registry]
-    config_path = "$c/certs.d"
-EOF
-}
-
-write_kubelet_config() { # DIR PORT HEALTHZ_PORT
-    local k=$1/kubelet
-    cat >"$k/config.yaml" <<EOF
-# written by scripts/node.sh
-apiVersion: kubelet.config.k8s.io/v1beta1
-kind: KubeletConfiguration
-address: 127.0.0.1
-port: $2
-readOnlyPort: 0
-healthzBindAddress: 127.0.0.1
-healthzPort: $3
-authentication:
-  anonymous: {enabled: false}
-  webhook: {enabled: true}
-authorization:
-  mode: Webhook
-containerRuntimeEndpoint: unix://$1/containerd/containerd.sock
-cgroupDriver: cgroupfs
-cgroupsPerQOS: false
-enforceNodeAllocatable: []
-# kubelet >= 1.35 refuses cgroup v1 hosts unless told otherwise; harmless on cgroup v2.
-failCgroupV1: false
-failSwapOn: false
-evictionHard: {}
-imageGCHighThresholdPercent: 100
-imageGCLowThresholdPercent: 99
-makeIPTablesUtilChains: false
-registryPullQPS: 0
-podLogsDir: $k/pod-logs
-volumePluginDir: $k/volume-plugins
-EOF
 }
 
 cmd_start() {
@@ -508,7 +150,7 @@ cmd_start() {
     htpasswd -Bbn push "$pw" >"$n/registry/htpasswd" 2>/dev/null || die "htpasswd failed"
     for attempt in 1 2 3; do
         read -r rp <<<"$(free_ports 1)"
-        write_registry_config "$n" "$rp"
+        write_registry_config "$n" "127.0.0.1:$rp"
         say "starting docker-registry on https://127.0.0.1:$rp"
         : >"$n/docker-registry.log"
         launch docker-registry "$n" docker-registry serve "$n/registry/config.yml"
@@ -527,7 +169,7 @@ cmd_start() {
     say "pushed $IMAGE_PATH to 127.0.0.1:$rp"
 
     # containerd with its own root, state and sockets; the pause image imported.
-    write_containerd_config "$n" "$rp"
+    write_containerd_config "$n" "127.0.0.1:$rp"
     say "starting containerd ($n/containerd/containerd.sock)"
     : >"$n/containerd.log"
     launch containerd "$n" containerd --config "$n/containerd/config.toml"
@@ -541,7 +183,7 @@ cmd_start() {
     [[ -n $nip ]] || die "no global IPv4 address for --node-ip (kubelet would look its name up in DNS)"
     for attempt in 1 2 3; do
         read -r kp hp <<<"$(free_ports 2)"
-        write_kubelet_config "$n" "$kp" "$hp"
+        write_kubelet_config "$n" 127.0.0.1 "$kp" "$hp"
         say "starting kubelet $("$kubelet" --version 2>&1 | cut -d' ' -f2) as node $NODE_NAME (127.0.0.1:$kp, healthz :$hp)"
         : >"$n/kubelet.log"
         launch kubelet "$n" "$kubelet" --config "$n/kubelet/config.yaml" --kubeconfig "$kubeconfig" \

@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # The project's test command (README: "Test it"); .ci/run calls exactly this.
 #
-# Runs, in order: rustfmt check, clippy (-D warnings), the differential matching test
-# against kubelet's own code (tests/kubelet_oracle.rs, oracle built by
-# scripts/kubelet-oracle.sh), the Helm chart checks (scripts/chart-check.sh), then every
-# test: unit, integration
-# and the end-to-end tests against a real etcd + kube-apiserver on loopback, which this
-# script installs/builds (cached under ${XDG_CACHE_HOME:-$HOME/.cache}/pullsecret-injector),
-# starts on free ports, and stops on exit. Fails loudly when anything is missing.
+# Runs, in order: rustfmt check, clippy (-D warnings), cargo-deny; the differential matching
+# test against kubelet's own code (tests/kubelet_oracle.rs, oracle built by
+# scripts/kubelet-oracle.sh); the image built from ./Dockerfile by BuildKit (scripts/image.sh);
+# the demo (a helm install into a whole cluster); the install tests (tests/e2e_install.rs) in a
+# whole one-node cluster inside a network namespace with no route out (scripts/cluster.sh); the
+# Helm chart checks (scripts/chart-check.sh); then every other test: unit, integration and the
+# end-to-end tests against a real etcd + kube-apiserver and a node on loopback. Everything is
+# installed/built by the scripts (cached under ${XDG_CACHE_HOME:-$HOME/.cache}/pullsecret-injector),
+# started on free ports or in its own network namespace, and stopped on exit. Fails loudly when
+# anything is missing. Starts kubelets: run it under the machine's lock
+# (flock /tmp/psi-kubelet.lock scripts/test.sh) where others may run one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -49,18 +53,38 @@ step "helm (cached after the first run)"
 PSI_HELM=$(scripts/install-tools.sh helm)
 export PSI_HELM
 
-# The demo brings up its own control plane and node and removes them; it runs before the
-# test node starts because one machine runs one kubelet at a time.
-step "demo (README: Run it): the chart's objects, config and RBAC; a Pod pulls and runs"
-scripts/demo.sh
+step "cluster: install (kube-controller-manager, kube-scheduler, kube-proxy, CNI plugins; cached after the first run)"
+scripts/cluster.sh install
+
+step "image builder: install (BuildKit, local base images; cached after the first run)"
+scripts/image.sh install
 
 cp_dir=$(mktemp -d /tmp/psi-cp.XXXXXX)
+cluster_dir=$(mktemp -d /tmp/psi-cluster.XXXXXX)
 cleanup() {
+  scripts/cluster.sh down "$cluster_dir" || true
   scripts/node.sh stop "$cp_dir" || true
   scripts/control-plane.sh stop "$cp_dir" || true
-  rm -rf --one-file-system "$cp_dir"
+  rm -rf --one-file-system "$cp_dir" "$cluster_dir"
 }
 trap cleanup EXIT
+
+step "image: ./Dockerfile built by BuildKit (scripts/image.sh build)"
+PSI_IMAGE_ARCHIVE=$cp_dir/pullsecret-injector.tar
+export PSI_IMAGE_ARCHIVE
+scripts/image.sh build "$PSI_IMAGE_ARCHIVE" >/dev/null
+
+# The demo and the install tests each bring up a whole cluster and remove it; they run before
+# the test node starts because one machine runs one kubelet at a time.
+step "demo (README: Run it): helm install into a cluster, a Deployment from cr.yandex runs"
+scripts/demo.sh
+
+step "install tests (tests/e2e_install.rs): the chart in a whole cluster in its own network namespace"
+cargo test --locked --test e2e_install --no-run
+scripts/cluster.sh up "$cluster_dir"
+scripts/cluster.sh exec "$cluster_dir" cargo test --locked --offline --test e2e_install -- --include-ignored --test-threads=1
+scripts/cluster.sh down "$cluster_dir"
+
 step "control plane: start"
 scripts/control-plane.sh start "$cp_dir"
 # shellcheck disable=SC1091
@@ -76,7 +100,8 @@ step "Helm chart: lint, render, server-side validation, install/upgrade"
 scripts/chart-check.sh
 
 step "tests (unit, integration, end-to-end)"
-cargo test --locked -- --include-ignored --skip differential_matching_against_kubelet
+# The install tests ran above, inside the cluster's namespace.
+cargo test --locked -- --include-ignored --skip differential_matching_against_kubelet --skip in_cluster::
 
 step "benchmark smoke (0.5 s per scenario; fails on errors, never on timings)"
 scripts/bench-admission.sh --smoke

@@ -128,6 +128,11 @@ impl Health {
         self.with(|p| p.shutting_down = true);
     }
 
+    /// Whether shutdown began.
+    pub fn is_shutting_down(&self) -> bool {
+        self.with(|p| p.shutting_down)
+    }
+
     /// `/readyz`: ready unless shutting down, the certificate is not loaded, or the
     /// namespaces were never listed.
     pub fn readiness(&self) -> Report {

@@ -183,11 +183,19 @@ impl Signals {
     }
 }
 
-/// Resolves when the tasks should stop: after the first SIGTERM/SIGINT (readiness turns
-/// false at once) and the shutdown delay, which a second signal cuts short.
-async fn shutdown_requested(mut signals: Signals, health: Arc<Health>, delay: Duration) {
+/// Resolves when the tasks should stop: after the first SIGTERM/SIGINT and the shutdown
+/// delay, which a second signal cuts short. At the first signal readiness turns false and
+/// `step_down` is cancelled: the leader election stops and releases the Lease at once, while
+/// the webhook keeps serving for the delay.
+async fn shutdown_requested(
+    mut signals: Signals,
+    health: Arc<Health>,
+    step_down: CancellationToken,
+    delay: Duration,
+) {
     signals.next().await;
     health.set_shutting_down();
+    step_down.cancel();
     if !delay.is_zero() {
         tracing::info!(delay = %humantime::format_duration(delay), "shutdown requested: reporting not ready, still serving for the shutdown delay");
         tokio::select! {
@@ -209,6 +217,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let health = Health::new();
     let mut tasks = Supervisor::new();
     let stop = tasks.stop();
+    // Cancelled at the first signal (and with `stop`): the end of this replica's candidacy.
+    let step_down = stop.child_token();
 
     // Everything that can fail on bad input is checked before anything starts serving, so
     // that the process never runs half-configured.
@@ -244,16 +254,21 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             settings.pod_opt_out_annotation.clone(),
             metrics.clone(),
         );
-        webhook.spawn(&mut tasks, admission, args.tls_reload_interval);
+        webhook.spawn(
+            &mut tasks,
+            admission,
+            health.clone(),
+            args.tls_reload_interval,
+        );
     }
     if let Some(sync) = sync {
-        sync.spawn(&mut tasks);
+        sync.spawn(&mut tasks, step_down.clone());
     }
     tracing::info!(admin = %settings.admin_listen, registries = settings.registries.len(), webhook = !args.no_webhook, sync = !args.no_sync, "pullsecret-injector running");
 
     let result = tasks
         .run(
-            shutdown_requested(signals, health, args.shutdown_delay),
+            shutdown_requested(signals, health, step_down, args.shutdown_delay),
             STOP_TIMEOUT,
         )
         .await;
@@ -290,7 +305,13 @@ impl PreparedWebhook {
     }
 
     /// Start the certificate reload and the HTTPS server.
-    fn spawn(self, tasks: &mut Supervisor, admission: Admission, reload_interval: Duration) {
+    fn spawn(
+        self,
+        tasks: &mut Supervisor,
+        admission: Admission,
+        health: Arc<Health>,
+        reload_interval: Duration,
+    ) {
         if let Ok(addr) = self.listener.local_addr() {
             tracing::info!(address = %addr, "webhook listening (HTTPS)");
         }
@@ -300,7 +321,10 @@ impl PreparedWebhook {
             store.watch(reload_interval, stop).await;
             Ok(())
         });
-        let router = server::webhook_router_with(Arc::new(admission), self.body_limits);
+        let router = server::closing_connections_on_shutdown(
+            server::webhook_router_with(Arc::new(admission), self.body_limits),
+            health,
+        );
         let (listener, tls, limits) = (self.listener, self.tls, self.limits);
         let stop = tasks.stop().cancelled_owned();
         tasks.spawn("webhook server", async move {
@@ -319,16 +343,25 @@ struct PreparedSync {
 impl PreparedSync {
     /// Start its parts: the watches, the credential reports, the writer, and the leader
     /// election that gates the writer (without one this replica always leads).
-    fn spawn(self, tasks: &mut Supervisor) {
+    ///
+    /// The election ends at `step_down`, the first shutdown signal: the writer stops and the
+    /// Lease is released at once, so that another replica takes over while this one still
+    /// serves the webhook for the shutdown delay, and before `helm uninstall` has removed the
+    /// RBAC the release needs. The task itself then waits for the stop like every other.
+    fn spawn(self, tasks: &mut Supervisor, step_down: CancellationToken) {
         let Self { task, elector } = self;
         let stop = tasks.stop();
         let (leading_tx, leading) = tokio::sync::watch::channel(elector.is_none());
         let writer = task.clone().write_while_leading(leading, stop.clone());
         match elector {
             Some(elector) => {
-                let until = stop.clone().cancelled_owned();
+                let until = step_down.cancelled_owned();
+                let stopped = stop.clone().cancelled_owned();
                 tasks.spawn("leader election", async move {
+                    // The writer ends when every sender is gone: keep one until the stop.
+                    let _open = leading_tx.clone();
                     elector.run(leading_tx, until).await;
+                    stopped.await;
                     Ok(())
                 });
                 tasks.spawn("sync writer", writer);

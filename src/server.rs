@@ -322,6 +322,36 @@ fn answer(report: Report) -> (StatusCode, String) {
     (status, report.text)
 }
 
+/// `router`, answering every HTTP/1.1 request with `Connection: close` once shutdown began.
+///
+/// kube-apiserver calls a webhook registered by Service over HTTP/1.1 (never h2), keeps the
+/// connections alive, and reaches them through the Service's ClusterIP: taking this Pod out of
+/// the endpoints moves new connections only, and the old ones keep bringing requests for as
+/// long as they stay open. A keep-alive connection the server closes while the client sends a
+/// POST on it fails that POST (the client does not retry a non-idempotent request), and with
+/// `failurePolicy: Ignore` a Pod is then created without its Secret. So during the shutdown
+/// delay each connection is answered once more and then closed by the answer itself, which
+/// the client sees before it could reuse it; by the time the listener closes, the client has
+/// moved to other replicas. (h2 connections get a GOAWAY from the graceful shutdown instead.)
+pub fn closing_connections_on_shutdown(router: Router, health: Arc<Health>) -> Router {
+    router.layer(axum::middleware::from_fn(
+        move |req: axum::extract::Request, next: axum::middleware::Next| {
+            let health = health.clone();
+            async move {
+                let http1 = req.version() <= http::Version::HTTP_11;
+                let mut response = next.run(req).await;
+                if http1 && health.is_shutting_down() {
+                    response.headers_mut().insert(
+                        header::CONNECTION,
+                        header::HeaderValue::from_static("close"),
+                    );
+                }
+                response
+            }
+        },
+    ))
+}
+
 /// Serve `router` over TLS on `listener` until `shutdown` resolves, then drain.
 pub async fn serve_tls(
     listener: TcpListener,

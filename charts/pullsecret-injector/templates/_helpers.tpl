@@ -47,6 +47,19 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) -}}
 {{- end -}}
 
+{{/* Ports the container listens on: the node's own with hostNetwork. */}}
+{{- define "psi.webhookPort" -}}
+{{- if .Values.hostNetwork.enabled -}}{{ int .Values.hostNetwork.webhookPort }}{{- else -}}{{ int .Values.webhook.containerPort }}{{- end -}}
+{{- end -}}
+{{- define "psi.adminPort" -}}
+{{- if .Values.hostNetwork.enabled -}}{{ int .Values.hostNetwork.adminPort }}{{- else -}}{{ int .Values.admin.containerPort }}{{- end -}}
+{{- end -}}
+
+{{/* Namespace of the Lease (sync.leaderElection). */}}
+{{- define "psi.leaseNamespace" -}}
+{{- .Values.sync.leaderElection.leaseNamespace | default .Release.Namespace -}}
+{{- end -}}
+
 {{/* Name of the TLS Secret mounted at /tls. */}}
 {{- define "psi.tlsSecretName" -}}
 {{- if eq .Values.certificates.mode "existingSecret" -}}
@@ -92,11 +105,11 @@ knows are written (its parser refuses unknown fields).
 {{- define "psi.config" -}}
 {{- $le := .Values.sync.leaderElection -}}
 webhook:
-  listen: {{ printf "0.0.0.0:%d" (int .Values.webhook.containerPort) | toJson }}
+  listen: {{ printf "0.0.0.0:%s" (include "psi.webhookPort" .) | toJson }}
   tlsCertFile: /tls/tls.crt
   tlsKeyFile: /tls/tls.key
 admin:
-  listen: {{ printf "0.0.0.0:%d" (int .Values.admin.containerPort) | toJson }}
+  listen: {{ printf "0.0.0.0:%s" (include "psi.adminPort" .) | toJson }}
 # The same namespaces as the MutatingWebhookConfiguration's namespaceSelector.
 namespaceSelector: {{ include "psi.namespaceSelectorString" . | toJson }}
 podOptOutAnnotation: {{ .Values.podOptOutAnnotation | toJson }}
@@ -108,7 +121,7 @@ sync:
   leaderElection:
     enabled: {{ $le.enabled }}
     leaseName: {{ $le.leaseName | toJson }}
-    leaseNamespace: {{ $le.leaseNamespace | default .Release.Namespace | toJson }}
+    leaseNamespace: {{ include "psi.leaseNamespace" . | toJson }}
 registries:
 {{ toYaml .Values.registries }}
 {{- end -}}
@@ -124,6 +137,9 @@ from somewhere, and from one place only.
 {{- end -}}
 {{- if not (has .Values.certificates.mode (list "selfSigned" "certManager" "existingSecret")) -}}
 {{- fail (printf "certificates.mode: %q is not one of selfSigned, certManager, existingSecret" .Values.certificates.mode) -}}
+{{- end -}}
+{{- if and .Values.networkPolicy.enabled .Values.hostNetwork.enabled -}}
+{{- fail "networkPolicy.enabled has no effect with hostNetwork.enabled (NetworkPolicies do not apply to host-network Pods): disable one of them" -}}
 {{- end -}}
 {{- if and (eq .Values.certificates.mode "existingSecret") (not .Values.certificates.existingSecret.caBundle) -}}
 {{- fail "certificates.existingSecret.caBundle (base64 PEM of the CA) is required when certificates.mode is existingSecret" -}}
