@@ -54,13 +54,6 @@ use tokio_rustls::TlsConnector;
 
 const LABEL: &str = "pullsecret-injector.io/bench-pods";
 const SECRET: &str = "yc-registry-secret";
-const REGISTRIES: &str = r#"
-registries:
-  - name: yandex
-    hosts: ["cr.yandex", "registry.yandexcloud.net"]
-    secretName: yc-registry-secret
-    credentials: { basic: { username: iam, passwordFile: PASSWORD_FILE } }
-"#;
 /// Images of the `inject` Pods and of the others: the same length, so that every scenario
 /// sends the same number of bytes.
 const MATCHING_HOST: &str = "cr.yandex";
@@ -636,7 +629,8 @@ async fn main() {
     let certs = Certs::generate(&dir.path().join("certs"));
     let password = dir.path().join("password");
     std::fs::write(&password, "not-a-real-token\n").unwrap();
-    let registries = REGISTRIES.replace("PASSWORD_FILE", &password.display().to_string());
+    let registries =
+        chart_webhook::YANDEX_REGISTRIES.replace("PASSWORD_FILE", &password.display().to_string());
     let injector = Injector::start(
         dir.path(),
         &certs,

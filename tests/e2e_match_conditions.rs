@@ -39,13 +39,7 @@ const HEX: &str = "7cc4b5aefd1d0cadf8d97d4350462ba51c694ebca145b08d7d41b41acc8db
 /// An image no configuration below can match (two labels, not *.io, not Docker Hub).
 const UNRELATED: &str = "example.invalid/none:1";
 
-const YANDEX: &str = r#"
-registries:
-  - name: yandex
-    hosts: ["cr.yandex", "registry.yandexcloud.net"]
-    secretName: yc-registry-secret
-    credentials: { basic: { username: iam, passwordFile: PASSWORD_FILE } }
-"#;
+const YANDEX: &str = chart_webhook::YANDEX_REGISTRIES;
 
 const PRIVATE: &str = r#"
 registries:

@@ -12,6 +12,16 @@ use base64::Engine;
 
 use crate::cluster;
 
+/// The chart's default registries (values and injector config alike), with static
+/// credentials read from `PASSWORD_FILE` (replace it with a real path).
+pub const YANDEX_REGISTRIES: &str = r#"
+registries:
+  - name: yandex
+    hosts: ["cr.yandex", "registry.yandexcloud.net"]
+    secretName: yc-registry-secret
+    credentials: { basic: { username: iam, passwordFile: PASSWORD_FILE } }
+"#;
+
 /// What to render.
 pub struct Render<'a> {
     /// The MutatingWebhookConfiguration's name (`fullnameOverride`).
