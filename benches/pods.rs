@@ -634,8 +634,7 @@ async fn main() {
     let injector = Injector::start(
         dir.path(),
         &certs,
-        &format!("{LABEL}=unused"),
-        &registries,
+        chart_webhook::config(&registries),
         &["--no-sync", "--log-format", "json"],
         &[("RUST_LOG", "info")],
     );

@@ -22,6 +22,13 @@ registries:
     credentials: { basic: { username: iam, passwordFile: PASSWORD_FILE } }
 "#;
 
+/// The injector's config for a values YAML (`registries:`, every other field default): the
+/// same text serves as the chart's values and as the binary's config.
+pub fn config(values_yaml: &str) -> pullsecret_injector::config::Config {
+    pullsecret_injector::config::Config::from_yaml(values_yaml)
+        .unwrap_or_else(|e| panic!("config from {values_yaml}: {e}"))
+}
+
 /// What to render.
 pub struct Render<'a> {
     /// The MutatingWebhookConfiguration's name (`fullnameOverride`).
