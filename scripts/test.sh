@@ -105,3 +105,6 @@ cargo test --locked -- --include-ignored --skip differential_matching_against_ku
 
 step "benchmark smoke (0.5 s per scenario; fails on errors, never on timings)"
 scripts/bench-admission.sh --smoke
+
+step "benchmark smoke: Pod creation through the API server (20 creates per scenario; fails on errors, never on timings)"
+scripts/bench-pods.sh --smoke
