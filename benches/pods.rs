@@ -638,7 +638,7 @@ async fn main() {
         &["--no-sync", "--log-format", "json"],
         &[("RUST_LOG", "info")],
     );
-    let injector_pid = injector.pid();
+    let injector_pid = Some(injector.pid());
     let peer = args.peer.as_ref().map(|p| {
         let pdir = dir.path().join("peer");
         std::fs::create_dir_all(&pdir).unwrap();
