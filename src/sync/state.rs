@@ -1,11 +1,12 @@
 //! What every replica knows of the cluster, fed by the watches, read by the worker.
 //!
-//! Two mirrors (opted-in namespaces, our Secrets), the Secrets we found to be foreign
-//! (learned from refused creates: the label-filtered watch never sees them), and the work
-//! queue. Every change pushes the namespace it concerns; nothing else decides anything here.
+//! Mirrors of the opted-in namespaces and of our Secrets (one mirror per watched Secret name,
+//! each fed by its own watch: RBAC authorises Secret reads by name only), the Secrets we
+//! found to be foreign (learned from refused creates: the label-filtered watches never see
+//! them), and the work queue. Every change pushes the namespace it concerns; nothing else
+//! decides anything here.
 
 use std::collections::{BTreeMap, HashMap};
-use std::ops::RangeBounds;
 use std::sync::Mutex;
 
 use k8s_openapi::api::core::v1::{Namespace, Secret};
@@ -33,8 +34,7 @@ impl NamespaceInfo {
     }
 }
 
-/// Where a Secret is: namespace, then name (ordered so that a namespace's Secrets are a
-/// range).
+/// Where a Secret is: namespace, then name.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SecretKey {
     /// Namespace.
@@ -70,7 +70,7 @@ pub enum SecretState {
     },
 }
 
-/// A map kept equal to what a watch reports, keyed for range reads.
+/// A map kept equal to what a watch reports.
 #[derive(Debug)]
 pub struct Mirror<K, V> {
     map: Mutex<BTreeMap<K, V>>,
@@ -117,14 +117,6 @@ impl<K: Ord + Clone, V: Clone + PartialEq> Mirror<K, V> {
         self.lock().get(key).cloned()
     }
 
-    /// The entries in `range`.
-    pub fn range(&self, range: impl RangeBounds<K>) -> Vec<(K, V)> {
-        self.lock()
-            .range(range)
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
-    }
-
     /// Every key.
     pub fn keys(&self) -> Vec<K> {
         self.lock().keys().cloned().collect()
@@ -141,8 +133,8 @@ impl<K: Ord + Clone, V: Clone + PartialEq> Mirror<K, V> {
 pub struct State {
     /// Namespaces matching the opt-in selector (terminating ones included, marked).
     pub namespaces: Mirror<String, NamespaceInfo>,
-    /// Our Secrets.
-    pub secrets: Mirror<SecretKey, Observed>,
+    /// Our Secrets, one mirror per watched name (configured and retired).
+    secrets: BTreeMap<String, Mirror<SecretKey, Observed>>,
     /// Secrets with a managed name that are not ours.
     foreign: Mutex<HashMap<SecretKey, bool>>,
     /// Namespaces to reconcile.
@@ -150,16 +142,53 @@ pub struct State {
 }
 
 impl State {
-    /// What is known of every managed name in `namespace`: our Secrets, then the foreign
+    /// A state that mirrors our Secrets under these names (each watched on its own).
+    pub fn new(secret_names: impl IntoIterator<Item = String>) -> Self {
+        Self {
+            secrets: secret_names
+                .into_iter()
+                .map(|n| (n, Mirror::default()))
+                .collect(),
+            ..Self::default()
+        }
+    }
+
+    /// The watched Secret names and their mirrors, by name.
+    pub fn secret_mirrors(&self) -> impl Iterator<Item = (&str, &Mirror<SecretKey, Observed>)> {
+        self.secrets.iter().map(|(n, m)| (n.as_str(), m))
+    }
+
+    /// Our Secret at `key`, as last observed.
+    pub fn secret(&self, key: &SecretKey) -> Option<Observed> {
+        self.secrets.get(&key.name)?.get(key)
+    }
+
+    /// Record what we now know of our Secret at `key` (`None`: it is gone). Names that
+    /// are not watched are never ours to remember.
+    pub fn set_secret(&self, key: SecretKey, observed: Option<Observed>) {
+        let Some(mirror) = self.secrets.get(&key.name) else {
+            return;
+        };
+        match observed {
+            Some(o) => {
+                mirror.upsert(key, o);
+            }
+            None => {
+                mirror.remove(&key);
+            }
+        }
+    }
+
+    /// What is known of every watched name in `namespace`: our Secrets, then the foreign
     /// ones we ran into.
     pub fn secrets_in(&self, namespace: &str) -> BTreeMap<String, SecretState> {
-        let from = SecretKey::new(namespace, "");
         let mut out: BTreeMap<String, SecretState> = self
             .secrets
-            .range(from..)
-            .into_iter()
-            .take_while(|(k, _)| k.namespace == namespace)
-            .map(|(k, o)| (k.name, SecretState::Ours(o)))
+            .iter()
+            .filter_map(|(name, m)| {
+                let o = m.get(&SecretKey::new(namespace, name))?;
+                Some((name.clone(), SecretState::Ours(o)))
+            })
             .collect();
         for (key, reported) in self.foreign().iter() {
             if key.namespace == namespace {
@@ -192,23 +221,19 @@ impl State {
     /// We wrote our own Secret at `key`: it is not foreign (any more).
     pub fn wrote(&self, key: SecretKey, observed: Option<Observed>) {
         self.foreign().remove(&key);
-        match observed {
-            Some(o) => {
-                self.secrets.upsert(key, o);
-            }
-            None => {
-                self.secrets.remove(&key);
-            }
-        }
+        self.set_secret(key, observed);
     }
 
-    /// Queue every namespace we know of: matching ones and those holding our Secrets.
+    /// Queue every namespace we know of: matching ones and those holding our Secrets
+    /// (under configured or retired names).
     pub fn queue_everything(&self) {
         for ns in self.namespaces.keys() {
             self.queue.push(&ns);
         }
-        for key in self.secrets.keys() {
-            self.queue.push(&key.namespace);
+        for mirror in self.secrets.values() {
+            for key in mirror.keys() {
+                self.queue.push(&key.namespace);
+            }
         }
     }
 
@@ -230,6 +255,7 @@ mod tests {
             resource_version: "1".into(),
             digest: [0; 32],
             registry: None,
+            foreign_keys: Vec::new(),
         }
     }
 
@@ -248,10 +274,13 @@ mod tests {
 
     #[test]
     fn secrets_of_a_namespace_are_ours_first_then_foreign_ones() {
-        let s = State::default();
-        s.secrets.upsert(SecretKey::new("a", "x"), observed("1"));
-        s.secrets.upsert(SecretKey::new("ab", "x"), observed("2"));
-        s.secrets.upsert(SecretKey::new("a", "y"), observed("3"));
+        let s = State::new(["x", "y", "z"].map(String::from));
+        s.set_secret(SecretKey::new("a", "x"), Some(observed("1")));
+        s.set_secret(SecretKey::new("ab", "x"), Some(observed("2")));
+        s.set_secret(SecretKey::new("a", "y"), Some(observed("3")));
+        // Not a watched name: never ours.
+        s.set_secret(SecretKey::new("a", "w"), Some(observed("5")));
+        assert_eq!(s.secret(&SecretKey::new("a", "w")), None);
         assert!(s.found_foreign(SecretKey::new("a", "z")));
         assert!(!s.found_foreign(SecretKey::new("a", "z")));
         let got = s.secrets_in("a");
@@ -265,5 +294,25 @@ mod tests {
         s.wrote(SecretKey::new("a", "z"), Some(observed("4")));
         assert_eq!(s.secrets_in("a")["z"], SecretState::Ours(observed("4")));
         assert!(s.secrets_in("b").is_empty());
+        s.set_secret(SecretKey::new("a", "x"), None);
+        assert_eq!(s.secrets_in("a").keys().collect::<Vec<_>>(), ["y", "z"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn queue_everything_covers_every_watched_name() {
+        let s = State::new(["current", "retired"].map(String::from));
+        s.namespaces
+            .upsert("opted-in".into(), NamespaceInfo::default());
+        s.set_secret(SecretKey::new("left", "retired"), Some(observed("1")));
+        s.set_secret(SecretKey::new("opted-out", "current"), Some(observed("2")));
+        s.queue_everything();
+        let mut queued = Vec::new();
+        while let Ok(ns) =
+            tokio::time::timeout(std::time::Duration::from_millis(1), s.queue.pop()).await
+        {
+            queued.push(ns);
+        }
+        queued.sort();
+        assert_eq!(queued, ["left", "opted-in", "opted-out"]);
     }
 }

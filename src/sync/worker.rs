@@ -137,19 +137,24 @@ impl Worker<'_> {
                 self.state.wrote(key, Some(o));
             }
             Outcome::Deleted => {
+                let reason = match step {
+                    Step::Delete { reason, .. } => reason.as_str(),
+                    _ => "",
+                };
                 tracing::info!(
                     namespace = ns,
                     secret = name,
-                    "managed Secret deleted: namespace no longer opted in"
+                    reason,
+                    "managed Secret deleted"
                 );
                 self.state.wrote(key, None);
             }
             Outcome::AlreadyGone => {
-                self.state.secrets.remove(&key);
+                self.state.set_secret(key, None);
             }
             Outcome::Conflict(now) => {
                 if let Some(o) = now {
-                    self.state.secrets.upsert(key, o);
+                    self.state.set_secret(key, Some(o));
                 }
                 return Reconciled::Retry;
             }
