@@ -233,6 +233,19 @@ async fn admission_policy_lets_the_service_account_write_only_its_own_pull_secre
             .await,
         "may only write Secrets of type kubernetes.io/dockerconfigjson",
     );
+    // Without the policy this is the way to any ServiceAccount's token: the token controller
+    // fills a service-account-token Secret created under a name the injector may read.
+    let mut token_secret = secret(SECRET, "kubernetes.io/service-account-token", &ours(&fx));
+    token_secret.data = None;
+    token_secret.metadata.annotations = Some(BTreeMap::from([(
+        "kubernetes.io/service-account.name".to_string(),
+        "default".to_string(),
+    )]));
+    forbidden_by_policy(
+        "create a service-account-token Secret under the configured name",
+        as_sa.create(&pp, &token_secret).await,
+        "may only write Secrets of type kubernetes.io/dockerconfigjson",
+    );
     forbidden_by_policy(
         "create a pull Secret under another name",
         as_sa

@@ -56,9 +56,13 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 {{- end -}}
 
-{{/* Name of the Secret mounted at credentials.mountPath ("" = none). */}}
+{{/*
+Name of the Secret mounted at credentials.mountPath ("" = none). Only the sync task reads
+credentials: a webhook-only install (sync.enabled=false) mounts none.
+*/}}
 {{- define "psi.credentialsSecretName" -}}
-{{- if .Values.credentials.existingSecret -}}
+{{- if not .Values.sync.enabled -}}
+{{- else if .Values.credentials.existingSecret -}}
 {{- .Values.credentials.existingSecret -}}
 {{- else if .Values.credentials.files -}}
 {{- printf "%s-credentials" (include "psi.fullname" .) -}}
@@ -189,7 +193,7 @@ from somewhere, and from one place only.
 {{- if and (eq .Values.certificates.mode "existingSecret") (not .Values.certificates.existingSecret.caBundle) -}}
 {{- fail "certificates.existingSecret.caBundle (base64 PEM of the CA) is required when certificates.mode is existingSecret" -}}
 {{- end -}}
-{{- range $i, $r := .Values.registries -}}
+{{- range $i, $r := (.Values.sync.enabled | ternary .Values.registries list) -}}
 {{- range $kind, $src := ($r.credentials | default dict) -}}
 {{- range $field := list "file" "passwordFile" -}}
 {{- $path := get ($src | default dict) $field -}}
