@@ -31,12 +31,7 @@ fn secret(name: &str, type_: &str, labels: &[(&str, &str)]) -> Secret {
     Secret {
         metadata: ObjectMeta {
             name: Some(name.into()),
-            labels: Some(
-                labels
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-            ),
+            labels: Some(cluster::labels(labels)),
             ..Default::default()
         },
         type_: Some(type_.into()),

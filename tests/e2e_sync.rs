@@ -404,15 +404,9 @@ async fn secrets_of_a_renamed_or_removed_registry_are_deleted_everywhere_and_onl
         .await
         .unwrap();
     let mut other_installation = foreign_secret("psi-corp");
-    other_installation.metadata.labels = Some(BTreeMap::from([
-        (
-            "app.kubernetes.io/managed-by".to_string(),
-            "pullsecret-injector".to_string(),
-        ),
-        (
-            "pullsecret-injector.io/instance".to_string(),
-            "another-installation".to_string(),
-        ),
+    other_installation.metadata.labels = Some(cluster::labels(&[
+        ("app.kubernetes.io/managed-by", "pullsecret-injector"),
+        ("pullsecret-injector.io/instance", "another-installation"),
     ]));
     let other_installation = fx
         .secrets(&c)
