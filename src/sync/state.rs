@@ -107,6 +107,29 @@ impl<K: Ord + Clone, V: Clone + PartialEq> Mirror<K, V> {
         self.lock().insert(key, value.clone()).as_ref() != Some(&value)
     }
 
+    /// Set `key` to `value` (remove it for `None`) only if `current` holds for what is there
+    /// now; returns whether it did.
+    pub fn set_if(
+        &self,
+        key: K,
+        current: impl FnOnce(Option<&V>) -> bool,
+        value: Option<V>,
+    ) -> bool {
+        let mut map = self.lock();
+        if !current(map.get(&key)) {
+            return false;
+        }
+        match value {
+            Some(v) => {
+                map.insert(key, v);
+            }
+            None => {
+                map.remove(&key);
+            }
+        }
+        true
+    }
+
     /// Remove; returns whether it was there.
     pub fn remove(&self, key: &K) -> bool {
         self.lock().remove(key).is_some()
@@ -218,10 +241,21 @@ impl State {
         self.foreign().insert(key, true);
     }
 
-    /// We wrote our own Secret at `key`: it is not foreign (any more).
-    pub fn wrote(&self, key: SecretKey, observed: Option<Observed>) {
+    /// We wrote our own Secret at `key`: it is not foreign (any more), and it is now `now`
+    /// (`None`: deleted). The write was planned from the version `planned` (`None`: it was
+    /// absent). The answer to a write can be older than an event the watch has delivered
+    /// meanwhile (someone changed the Secret right after our write), so the mirror takes it
+    /// only while it still holds what the write was planned from; otherwise the watch's
+    /// newer news stands.
+    pub fn wrote(&self, key: SecretKey, planned: Option<&str>, now: Option<Observed>) {
         self.foreign().remove(&key);
-        self.set_secret(key, observed);
+        if let Some(mirror) = self.secrets.get(&key.name) {
+            mirror.set_if(
+                key,
+                |current| current.map(|o| o.resource_version.as_str()) == planned,
+                now,
+            );
+        }
     }
 
     /// Queue every namespace we know of: matching ones and those holding our Secrets
@@ -291,11 +325,48 @@ mod tests {
             s.secrets_in("a")["z"],
             SecretState::Foreign { reported: true }
         );
-        s.wrote(SecretKey::new("a", "z"), Some(observed("4")));
+        s.wrote(SecretKey::new("a", "z"), None, Some(observed("4")));
         assert_eq!(s.secrets_in("a")["z"], SecretState::Ours(observed("4")));
         assert!(s.secrets_in("b").is_empty());
         s.set_secret(SecretKey::new("a", "x"), None);
         assert_eq!(s.secrets_in("a").keys().collect::<Vec<_>>(), ["y", "z"]);
+    }
+
+    fn at(uid: &str, resource_version: &str) -> Observed {
+        Observed {
+            resource_version: resource_version.into(),
+            ..observed(uid)
+        }
+    }
+
+    #[test]
+    fn a_write_answer_never_replaces_newer_news_from_the_watch() {
+        let s = State::new(["x".to_string()]);
+        let key = SecretKey::new("a", "x");
+        // Created while the watch had nothing: taken.
+        s.wrote(key.clone(), None, Some(at("u", "5")));
+        assert_eq!(s.secret(&key), Some(at("u", "5")));
+        // The watch reports someone's change (7) before our update's answer (6) arrives.
+        s.set_secret(key.clone(), Some(at("u", "7")));
+        s.wrote(key.clone(), Some("5"), Some(at("u", "6")));
+        assert_eq!(
+            s.secret(&key),
+            Some(at("u", "7")),
+            "the watch's news stands"
+        );
+        // Planned from what the mirror holds: taken.
+        s.wrote(key.clone(), Some("7"), Some(at("u", "8")));
+        assert_eq!(s.secret(&key), Some(at("u", "8")));
+        // A create whose answer comes after the watch already reported the object.
+        let other = SecretKey::new("b", "x");
+        s.set_secret(other.clone(), Some(at("v", "10")));
+        s.wrote(other.clone(), None, Some(at("v", "9")));
+        assert_eq!(s.secret(&other), Some(at("v", "10")));
+        // Deleted: gone, unless the watch already knows a newer object.
+        s.wrote(key.clone(), Some("8"), None);
+        assert_eq!(s.secret(&key), None);
+        s.wrote(other.clone(), Some("9"), None);
+        assert_eq!(s.secret(&other), Some(at("v", "10")));
     }
 
     #[tokio::test(start_paused = true)]

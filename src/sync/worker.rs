@@ -134,7 +134,7 @@ impl Worker<'_> {
                     result,
                     "managed Secret written"
                 );
-                self.state.wrote(key, Some(o));
+                self.state.wrote(key, planned_from(step), Some(o));
             }
             Outcome::Deleted => {
                 let reason = match step {
@@ -147,7 +147,7 @@ impl Worker<'_> {
                     reason,
                     "managed Secret deleted"
                 );
-                self.state.wrote(key, None);
+                self.state.wrote(key, planned_from(step), None);
             }
             Outcome::AlreadyGone => {
                 self.state.set_secret(key, None);
@@ -175,6 +175,16 @@ impl Worker<'_> {
             .secret_writes
             .get_or_create(&ResultLabel { result })
             .inc();
+    }
+}
+
+/// The version of the Secret a step was planned from (`None`: it was absent).
+fn planned_from(step: &Step) -> Option<&str> {
+    match step {
+        Step::Update { observed, .. } | Step::Delete { observed, .. } => {
+            Some(&observed.resource_version)
+        }
+        Step::Create(_) | Step::ReportForeign { .. } => None,
     }
 }
 
