@@ -251,12 +251,19 @@ async fn run(
 ) -> Report {
     let id = cluster::unique(&format!("b{}w{}", s.namespaces, s.writes_per_second));
     let release_ns = format!("{id}-sys");
+    let lease = format!("lease-{id}");
+    // Release `id`: the chart's sync.instance is the config's (its admission policy checks it).
     let kubeconfig = cluster::chart_service_account(
         &cluster::ControlPlane::shared(),
         client,
         dir,
-        &format!("r{id}"),
+        &id,
         &release_ns,
+        &cluster::ChartNames {
+            secret_names: vec![SECRET.into()],
+            retired: Vec::new(),
+            lease_name: lease.clone(),
+        },
     )
     .await;
     let iam = IamStandIn::start().await;
@@ -278,7 +285,7 @@ async fn run(
     config.namespace_selector = selector;
     config.sync.max_writes_per_second = s.writes_per_second;
     config.sync.instance = id.clone();
-    config.sync.leader_election.lease_name = format!("lease-{id}");
+    config.sync.leader_election.lease_name = lease;
     let seen = Arc::new(Mutex::new(Seen::default()));
     let watch = watch_secrets(
         client.clone(),

@@ -29,7 +29,11 @@
 # 4. A real install and upgrade in url mode (webhook URL on a closed loopback port, an opt-in
 #    label no namespace has; never a Service-backed webhook): the self-signed CA and key are
 #    kept across `helm upgrade`, the config checksum rolls the Deployment, and the chart's RBAC,
-#    as the ServiceAccount (impersonated), allows exactly what the sync task needs.
+#    as the ServiceAccount (impersonated), allows exactly what the sync task needs: Secrets by
+#    name only (kubectl auth can-i for the configured name, other names and no name), the
+#    ValidatingAdmissionPolicy installed because the API server serves it; an upgrade that
+#    renames the secretName retires the old name (list/watch/delete only) for that upgrade;
+#    an upgrade to sync.enabled=false leaves no RBAC, no policy and no token mount.
 #
 # Knobs: PSI_BIN (the pullsecret-injector binary; default: cargo build --locked, debug).
 # Everything it creates on the API server is removed at exit. Progress goes to stderr.
@@ -157,7 +161,8 @@ def main():
         name = d["metadata"].get("name", "")
         check(re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", name or "") and len(name) <= 253,
               f"{d['kind']} has a bad name {name!r}")
-        if d["kind"] not in ("ClusterRole", "ClusterRoleBinding", "MutatingWebhookConfiguration"):
+        if d["kind"] not in ("ClusterRole", "ClusterRoleBinding", "MutatingWebhookConfiguration",
+                             "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"):
             check(d["metadata"].get("namespace"), f"{d['kind']}/{name} has no metadata.namespace")
 
     def one(kind):
@@ -178,7 +183,9 @@ def main():
     env = {e["name"]: e for e in c.get("env", [])}
     check(env.get("POD_NAME", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.name", "POD_NAME")
     check(env.get("POD_NAMESPACE", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.namespace", "POD_NAMESPACE")
-    check(spec.get("automountServiceAccountToken") is True, "automountServiceAccountToken must be true")
+    sync = "--no-sync" not in c["args"]
+    check(spec.get("automountServiceAccountToken") is sync,
+          f"automountServiceAccountToken must be {sync} (a token only for the sync task)")
     check(spec.get("terminationGracePeriodSeconds") == 30, "terminationGracePeriodSeconds")
     sc, psc = c["securityContext"], spec["securityContext"]
     check(sc.get("readOnlyRootFilesystem") is True and sc.get("allowPrivilegeEscalation") is False
@@ -218,32 +225,70 @@ def main():
     check(sports == {"https": (443, "https"), "metrics": (8080, "metrics")}, f"Service ports {sports}")
     check(svc["spec"]["selector"] == sel, "Service selector")
 
-    # --- RBAC ---------------------------------------------------------------------------
-    cr = one("ClusterRole")
-    rules = sorted((tuple(r["apiGroups"]), tuple(r["resources"]), tuple(sorted(r["verbs"]))) for r in cr.get("rules", []))
-    want = sorted([
-        (("",), ("namespaces",), ("get", "list", "watch")),
-        (("",), ("secrets",), tuple(sorted(["get", "list", "watch", "create", "update", "patch", "delete"]))),
-        (("events.k8s.io",), ("events",), ("create", "patch")),
-        (("",), ("events",), ("create", "patch")),
-    ])
-    check(rules == want, f"ClusterRole rules {rules}")
-    role = one("Role")
-    check([(r["apiGroups"], r["resources"], sorted(r["verbs"])) for r in role.get("rules", [])]
-          == [(["coordination.k8s.io"], ["leases"], ["create", "get", "update"])], "Role rules")
-    sa = f"{fullname}"
-    for b in by_kind.get("ClusterRoleBinding", []) + by_kind.get("RoleBinding", []):
-        check(b["subjects"] == [{"kind": "ServiceAccount", "name": sa, "namespace": ns}], f"{b['kind']} subjects")
-    check(by_kind.get("RoleBinding", [{}])[0].get("metadata", {}).get("namespace") == role.get("metadata", {}).get("namespace"),
-          "RoleBinding and Role in different namespaces")
+    # --- RBAC and the admission policy ------------------------------------------------------
+    cfg = yaml.safe_load(cm["data"]["config.yaml"])
+    names = sorted({r["secretName"] for r in cfg["registries"]})
+    retired = sorted(cfg["sync"].get("retiredSecretNames", []))
+    sa = fullname
+    for s in by_kind.get("ServiceAccount", []):
+        check(s.get("automountServiceAccountToken") is False, "the ServiceAccount must not automount its token")
+    vaps = by_kind.get("ValidatingAdmissionPolicy", [])
+    if not sync:
+        # Webhook only: no API access at all.
+        for kind in ("ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding",
+                     "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"):
+            check(kind not in by_kind, f"webhook-only install renders a {kind}")
+    else:
+        cr = one("ClusterRole")
+        rules = sorted((tuple(r["apiGroups"]), tuple(r["resources"]), tuple(r.get("resourceNames", ())),
+                        tuple(sorted(r["verbs"]))) for r in cr.get("rules", []))
+        want = [
+            (("",), ("namespaces",), (), ("list", "watch")),
+            (("",), ("secrets",), tuple(names), ("delete", "get", "list", "patch", "watch")),
+            (("",), ("secrets",), (), ("create",)),
+            (("events.k8s.io",), ("events",), (), ("create", "patch")),
+        ]
+        if retired:
+            want.append((("",), ("secrets",), tuple(retired), ("delete", "list", "watch")))
+        check(rules == sorted(want), f"ClusterRole rules {rules}, want {sorted(want)}")
+        check(not any("update" in r["verbs"] and "secrets" in r["resources"] for r in cr.get("rules", [])),
+              "secrets update must not be granted")
+        check(not set(retired) & set(names), f"a configured name is also retired: {retired}")
+        le = cfg["sync"]["leaderElection"]
+        roles = by_kind.get("Role", [])
+        if le["enabled"]:
+            role = one("Role")
+            check(sorted((tuple(r["resources"]), tuple(r.get("resourceNames", ())), tuple(sorted(r["verbs"])))
+                         for r in role.get("rules", []))
+                  == [(("leases",), (), ("create",)), (("leases",), (le["leaseName"],), ("get", "update"))],
+                  f"Role rules {role.get('rules')}")
+            check(all(r["apiGroups"] == ["coordination.k8s.io"] for r in role.get("rules", [])), "Role apiGroups")
+            check(le["leaseNamespace"] == role["metadata"]["namespace"], "the Role for leases is not in the Lease's namespace")
+            check(by_kind.get("RoleBinding", [{}])[0].get("metadata", {}).get("namespace") == role["metadata"]["namespace"],
+                  "RoleBinding and Role in different namespaces")
+        else:
+            check(not roles, "leader election disabled, but a Role for leases is rendered")
+        for b in by_kind.get("ClusterRoleBinding", []) + by_kind.get("RoleBinding", []):
+            check(b["subjects"] == [{"kind": "ServiceAccount", "name": sa, "namespace": ns}], f"{b['kind']} subjects")
+    check(bool(vaps) == (case == "policy"), f"ValidatingAdmissionPolicy rendered: {bool(vaps)}")
+    if vaps:
+        vap = one("ValidatingAdmissionPolicy")
+        vapb = one("ValidatingAdmissionPolicyBinding")
+        vs = vap.get("spec", {})
+        check(vs.get("failurePolicy") == "Fail", "policy failurePolicy")
+        check(vs["matchConstraints"]["resourceRules"] == [{"apiGroups": [""], "apiVersions": ["v1"], "resources": ["secrets"],
+                                                            "operations": ["CREATE", "UPDATE", "DELETE"]}], "policy match")
+        conds = [m["expression"] for m in vs.get("matchConditions", [])]
+        check(conds == [f"request.userInfo.username == 'system:serviceaccount:{ns}:{sa}'"], f"policy matchConditions {conds}")
+        exprs = " ".join(v["expression"] for v in vs.get("validations", []))
+        check("kubernetes.io/dockerconfigjson" in exprs and f"== '{cfg['sync']['instance']}'" in exprs
+              and f"in {names!r}" in exprs and "oldObject" in exprs, f"policy validations {exprs}")
+        check(vapb["spec"] == {"policyName": vap["metadata"]["name"], "validationActions": ["Deny"]}, "policy binding")
 
     # --- config file ----------------------------------------------------------------------
-    cfg = yaml.safe_load(cm["data"]["config.yaml"])
     open(f"{out}/config.yaml", "w").write(cm["data"]["config.yaml"])
     check(cfg["webhook"] == {"listen": f"0.0.0.0:{want_ports['https']}", "tlsCertFile": "/tls/tls.crt", "tlsKeyFile": "/tls/tls.key"}, f"config webhook {cfg['webhook']}")
     check(cfg["admin"] == {"listen": f"0.0.0.0:{want_ports['metrics']}"}, "config admin")
-    check(cfg["sync"]["leaderElection"]["leaseNamespace"] == role["metadata"]["namespace"],
-          "the Role for leases is not in the Lease's namespace")
     # The chart owns the (empty) Lease, so that uninstall removes it.
     electing = cfg["sync"]["leaderElection"]["enabled"] and "--no-sync" not in c["args"]
     lease = one("Lease") if electing else {"metadata": {"name": cfg["sync"]["leaderElection"]["leaseName"], "namespace": cfg["sync"]["leaderElection"]["leaseNamespace"]}}
@@ -436,6 +481,10 @@ done
 pass "endpoints: the schema refuses plain http to non-loopback addresses, user info and other schemes, as the binary does"
 refuse "networkPolicy with hostNetwork" "no effect with hostNetwork" --set credentials.existingSecret=x \
     --set hostNetwork.enabled=true --set networkPolicy.enabled=true
+refuse "a retired name that is not a Secret name" "/sync/retiredSecretNames/0" --set credentials.existingSecret=x \
+    --set 'sync.retiredSecretNames={Not_A_Name}'
+refuse "an unknown rbac.admissionPolicy" "/rbac/admissionPolicy" --set credentials.existingSecret=x \
+    --set rbac.admissionPolicy=maybe
 
 # ----------------------------------------------------------------------------------------
 # check_case NAME MODE URL HELM-TEMPLATE-ARGS...
@@ -512,6 +561,10 @@ check_case existing-tls existingSecret "" -f "$ci/existing-tls-values.yaml" -f "
 check_case url selfSigned "https://127.0.0.1:8443/mutate" -f "$ci/url-values.yaml"
 check_case hostnet selfSigned "" -f "$ci/hostnetwork-values.yaml"
 check_case netpol selfSigned "" -f "$ci/networkpolicy-values.yaml"
+# What helm install renders on a 1.30+ cluster (it discovers the API), with a retired name and
+# a Lease of another name; the API server compiles the policy's CEL in the dry run.
+check_case policy selfSigned "" -f "$ci/yandex-values.yaml" --set 'sync.retiredSecretNames={old-pull-secret}' \
+    --set sync.leaderElection.leaseName=psi-lease --api-versions admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy
 
 step "Pod Security check bites"
 "$PY" - "$work/case-yandex/pod.yaml" "$work/weak-pod.yaml" <<'EOF'
@@ -569,30 +622,119 @@ pass "helm upgrade kept the CA, certificate, key and caBundle"
 [[ -n $ck_before && $ck_before != "$ck_after" ]] || die "the Deployment's checksum/config did not change on a config change"
 pass "helm upgrade with a config change rolls the pods (checksum/config changed)"
 
-# The chart's RBAC as its ServiceAccount: allowed exactly what the sync task needs.
+# The chart's RBAC as its ServiceAccount: allowed exactly what the sync task needs, Secrets
+# by name only (README "Trust model").
 as=system:serviceaccount:$INS:$RELEASE
+CANS=0
 can() { # EXPECT VERB RESOURCE [NAMESPACE]
     local got where=(--all-namespaces)
     [[ -z ${4:-} ]] || where=(--namespace "$4")
     got=$(kubectl auth can-i "$2" "$3" --as="$as" "${where[@]}" 2>/dev/null || true)
     [[ $got == "$1" ]] || die "RBAC: $as can-i $2 $3${4:+ -n $4}: got '$got', want $1"
+    CANS=$((CANS + 1))
 }
-can yes list namespaces
-can yes watch namespaces
-can yes create secrets
-can yes delete secrets
-can yes patch secrets
-can yes create events.events.k8s.io
-can yes create events
-can yes get leases.coordination.k8s.io "$INS"
-can yes update leases.coordination.k8s.io "$INS"
-can no delete leases.coordination.k8s.io "$INS"
-can no get leases.coordination.k8s.io default
-can no create pods
-can no update namespaces
-can no list configmaps
-can no create mutatingwebhookconfigurations.admissionregistration.k8s.io
-pass "RBAC as $as: 15 can-i answers as designed"
+# can_secrets EXPECT NAME VERB...: the verbs on Secret NAME, in every namespace and in one.
+can_secrets() {
+    local want=$1 name=$2 verb
+    shift 2
+    for verb in "$@"; do
+        can "$want" "$verb" "secrets/$name"
+        can "$want" "$verb" "secrets/$name" default
+    done
+}
+rbac_sync() { # CONFIGURED-NAME [RETIRED-NAME]
+    can yes list namespaces
+    can yes watch namespaces
+    can no get namespaces
+    can no update namespaces
+    can_secrets yes "$1" get list watch patch delete
+    can_secrets no "$1" update
+    # Any other name, or no name (a plain list or watch, deletecollection): nothing.
+    can_secrets no some-app-password get list watch patch delete update
+    can no list secrets
+    can no watch secrets
+    can no get secrets
+    can no deletecollection secrets
+    can no list secrets default
+    # Create cannot be restricted by name (the admission policy narrows it).
+    can yes create secrets
+    if [[ -n ${2:-} ]]; then
+        can_secrets yes "$2" list watch delete
+        can_secrets no "$2" get patch update
+    fi
+    can yes create events.events.k8s.io
+    can yes patch events.events.k8s.io
+    can no create events
+    can yes get leases.coordination.k8s.io/pullsecret-injector "$INS"
+    can yes update leases.coordination.k8s.io/pullsecret-injector "$INS"
+    can yes create leases.coordination.k8s.io "$INS"
+    can no get leases.coordination.k8s.io/other-lease "$INS"
+    can no update leases.coordination.k8s.io/other-lease "$INS"
+    can no delete leases.coordination.k8s.io/pullsecret-injector "$INS"
+    can no create leases.coordination.k8s.io default
+    can no create pods
+    can no list configmaps
+    can no create mutatingwebhookconfigurations.admissionregistration.k8s.io
+}
+rbac_sync yc-registry-secret
+pass "RBAC as $as: $CANS can-i answers as designed (Secrets by name: yc-registry-secret)"
+kubectl get validatingadmissionpolicy "$RELEASE-secrets" >/dev/null 2>&1 ||
+    die "helm install on $server did not install the ValidatingAdmissionPolicy (rbac.admissionPolicy=auto)"
+kubectl get validatingadmissionpolicybinding "$RELEASE-secrets" >/dev/null 2>&1 || die "no ValidatingAdmissionPolicyBinding"
+pass "helm install discovered ValidatingAdmissionPolicy on $server and installed the policy and its binding"
+
+step "upgrade: a renamed secretName is retired for that upgrade; then webhook only"
+cat >"$work/renamed-values.yaml" <<'EOF'
+registries:
+  - name: yandex
+    hosts: ["cr.yandex", "registry.yandexcloud.net"]
+    secretName: yc-pull
+    credentials:
+      yandexAuthorizedKey:
+        file: /creds/key.json
+EOF
+upgrade() {
+    out=$("$HELM" upgrade "$RELEASE" "$CHART" "${install_args[@]}" "$@" 2>&1) ||
+        { printf '%s
+' "$out" | sed 's/^/    /' >&2; die "helm upgrade $* failed"; }
+}
+retired_now() {
+    kubectl -n "$INS" get configmap "$RELEASE" -o jsonpath='{.data.config\.yaml}' |
+        "$PY" -c 'import sys, yaml; print(",".join(yaml.safe_load(sys.stdin)["sync"].get("retiredSecretNames", [])))'
+}
+upgrade -f "$work/renamed-values.yaml"
+[[ $(retired_now) == yc-registry-secret ]] || die "after the rename, the config retires '$(retired_now)', want yc-registry-secret"
+CANS=0
+rbac_sync yc-pull yc-registry-secret
+pass "renamed yc-registry-secret -> yc-pull: the config retires the old name, RBAC lets it be found and deleted only ($CANS can-i answers)"
+kubectl get validatingadmissionpolicy "$RELEASE-secrets" -o jsonpath='{.spec.validations[*].expression}' | grep -q "in \['yc-pull'\]" ||
+    die "the admission policy does not follow the renamed secretName"
+upgrade -f "$work/renamed-values.yaml"
+[[ -z $(retired_now) ]] || die "a second upgrade still retires '$(retired_now)'"
+can_secrets no yc-registry-secret list watch delete
+upgrade -f "$work/renamed-values.yaml" --set 'sync.retiredSecretNames={yc-registry-secret}'
+[[ $(retired_now) == yc-registry-secret ]] || die "sync.retiredSecretNames is not in the config"
+can_secrets yes yc-registry-secret delete
+pass "the next upgrade forgets the old name unless sync.retiredSecretNames keeps it"
+
+upgrade -f "$work/renamed-values.yaml" --set sync.enabled=false
+for obj in "clusterrole/$RELEASE" "clusterrolebinding/$RELEASE" "validatingadmissionpolicy/$RELEASE-secrets" \
+    "validatingadmissionpolicybinding/$RELEASE-secrets"; do
+    kubectl get "$obj" >/dev/null 2>&1 && die "webhook only, but $obj is still there"
+done
+kubectl -n "$INS" get role,rolebinding -l app.kubernetes.io/instance="$RELEASE" -o name | grep -q . &&
+    die "webhook only, but a Role or RoleBinding is still there"
+[[ $(kubectl -n "$INS" get deploy "$RELEASE" -o jsonpath='{.spec.template.spec.automountServiceAccountToken}') == false ]] ||
+    die "webhook only, but the pods mount a ServiceAccount token"
+[[ $(kubectl -n "$INS" get serviceaccount "$RELEASE" -o jsonpath='{.automountServiceAccountToken}') == false ]] ||
+    die "the ServiceAccount automounts its token"
+CANS=0
+can no list namespaces
+can_secrets no yc-pull get list watch patch delete
+can no create secrets
+can no create events.events.k8s.io
+can no get leases.coordination.k8s.io/pullsecret-injector "$INS"
+pass "webhook only (sync.enabled=false): no RBAC, no policy, no token mounted; the ServiceAccount can do nothing ($CANS can-i answers)"
 "$HELM" uninstall "$RELEASE" -n "$INS" >/dev/null 2>&1 || die "helm uninstall failed"
 INSTALLED=
 kubectl get mutatingwebhookconfiguration "$RELEASE" >/dev/null 2>&1 && die "helm uninstall left the MutatingWebhookConfiguration"

@@ -206,6 +206,11 @@ pub struct SyncConfig {
     /// two installations in one cluster never fight over each other's Secrets.
     #[serde(default = "default_instance")]
     pub instance: String,
+    /// Secret names that registries used before and no longer do: this installation's
+    /// Secrets under these names are deleted from every namespace. They are watched (and
+    /// authorised by RBAC) by name like the configured ones, and never written.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired_secret_names: Vec<String>,
 }
 
 impl Default for SyncConfig {
@@ -215,6 +220,7 @@ impl Default for SyncConfig {
             max_writes_per_second: default_max_writes(),
             leader_election: LeaderElectionConfig::default(),
             instance: default_instance(),
+            retired_secret_names: Vec::new(),
         }
     }
 }
@@ -614,6 +620,7 @@ impl Config {
             .enumerate()
             .filter_map(|(i, r)| check_registry(i, r, &self.registries[..i], &mut err))
             .collect();
+        check_retired(&self.sync.retired_secret_names, &self.registries, &mut err);
 
         match (webhook_listen, admin_listen, namespace_selector) {
             (Some(webhook_listen), Some(admin_listen), Some(namespace_selector))
@@ -675,6 +682,32 @@ fn check_sync(sync: &SyncConfig, err: &mut impl FnMut(&str, String)) {
             "sync.leaderElection.leaseNamespace",
             format!("{:?} is not a valid namespace name", le.lease_namespace),
         );
+    }
+}
+
+/// `sync.retiredSecretNames`: valid Secret names, each once, none still in use by a registry
+/// (a name is either written or deleted, never both).
+fn check_retired(
+    retired: &[String],
+    registries: &[RegistryConfig],
+    err: &mut impl FnMut(&str, String),
+) {
+    for (i, name) in retired.iter().enumerate() {
+        let p = format!("sync.retiredSecretNames[{i}]");
+        if crate::labels::validate_dns_subdomain(name).is_err() {
+            err(&p, format!("{name:?} is not a valid Secret name"));
+        }
+        if retired[..i].contains(name) {
+            err(&p, format!("{name:?} is listed twice"));
+        }
+        if let Some(j) = registries.iter().position(|r| &r.secret_name == name) {
+            err(
+                &p,
+                format!(
+                    "{name:?} is registries[{j}].secretName: a retired name is one that no registry uses any more (remove it from one of the two)"
+                ),
+            );
+        }
     }
 }
 
@@ -1046,6 +1079,29 @@ registries:
                 r#"registries[1].secretName: "s" is already used by registries[0]"#,
             ]
         );
+    }
+
+    #[test]
+    fn retired_secret_names_are_checked_against_each_other_and_the_registries() {
+        let errs = invalid(
+            r#"
+sync:
+  retiredSecretNames: [old, Bad_Name, old, s]
+registries:
+  - { name: a, hosts: [x.io], secretName: s, credentials: { basic: { username: u, passwordFile: /p } } }
+"#,
+        );
+        assert_eq!(
+            errs,
+            vec![
+                r#"sync.retiredSecretNames[1]: "Bad_Name" is not a valid Secret name"#,
+                r#"sync.retiredSecretNames[2]: "old" is listed twice"#,
+                r#"sync.retiredSecretNames[3]: "s" is registries[0].secretName: a retired name is one that no registry uses any more (remove it from one of the two)"#,
+            ]
+        );
+        let ok = load(&format!("sync: {{retiredSecretNames: [old]}}\n{MINIMAL}")).unwrap();
+        assert_eq!(ok.sync.retired_secret_names, ["old"]);
+        assert!(load(MINIMAL).unwrap().sync.retired_secret_names.is_empty());
     }
 
     #[test]

@@ -453,6 +453,7 @@ async fn prepare_sync(
             max_writes_per_second: settings.sync.max_writes_per_second,
             identity,
             instance: settings.sync.instance.clone(),
+            retired_secret_names: settings.sync.retired_secret_names.clone(),
             report_to,
         },
         metrics.clone(),

@@ -360,3 +360,163 @@ async fn two_replicas_elect_one_writer_and_the_survivor_takes_over() {
     assert_eq!(refreshes(&second), 1.0);
     let _ = Path::new(".");
 }
+
+/// Wait until Secret `name` exists in `ns`.
+async fn wait_present(fx: &Release, ns: &str, name: &str) -> Secret {
+    let api = fx.secrets(ns);
+    cluster::poll(
+        &format!("Secret {ns}/{name}"),
+        Duration::from_secs(20),
+        || async { api.get_opt(name).await.ok()? },
+    )
+    .await
+}
+
+#[tokio::test]
+#[ignore = "needs the local control plane: run scripts/test.sh"]
+async fn secrets_of_a_renamed_or_removed_registry_are_deleted_everywhere_and_only_ours() {
+    let fx = Release::new("orphans", LABEL).await;
+    let password_file = fx.dir.path().join("corp-password");
+    std::fs::write(&password_file, "robot-password\n").unwrap();
+    let mut before = fx.config();
+    before.registries[0].secret_name = "psi-yc-old".into();
+    before.registries.push(fixture::registry(
+        "corp",
+        &["registry.corp.example.com"],
+        "psi-corp",
+        fixture::basic("robot", &password_file),
+    ));
+    fx.authorise(&before);
+    let a = fx.namespace("a", true).await;
+    let b = fx.namespace("b", true).await;
+    let mut injector = fx.start(before, &["--no-webhook"]);
+    for ns in [&a, &b] {
+        for name in ["psi-yc-old", "psi-corp"] {
+            wait_present(&fx, ns, name).await;
+        }
+    }
+    // The same names, not ours: someone's own Secret and another installation's.
+    let c = fx.namespace("c", false).await;
+    let pp = PostParams::default();
+    let theirs = fx
+        .secrets(&c)
+        .create(&pp, &foreign_secret("psi-yc-old"))
+        .await
+        .unwrap();
+    let mut other_installation = foreign_secret("psi-corp");
+    other_installation.metadata.labels = Some(cluster::labels(&[
+        ("app.kubernetes.io/managed-by", "pullsecret-injector"),
+        ("pullsecret-injector.io/instance", "another-installation"),
+    ]));
+    let other_installation = fx
+        .secrets(&c)
+        .create(&pp, &other_installation)
+        .await
+        .unwrap();
+    injector.terminate();
+
+    // While it is down, b opts out. Then the Yandex Secret is renamed and the corp registry
+    // removed: both old names are retired (what `helm upgrade` renders).
+    fx.set_label(&b, false).await;
+    let mut after = fx.config();
+    after.registries[0].secret_name = "psi-yc-new".into();
+    after.sync.retired_secret_names = vec!["psi-yc-old".into(), "psi-corp".into()];
+    fx.authorise(&after);
+    let injector = fx.start(after, &["--no-webhook"]);
+    wait_present(&fx, &a, "psi-yc-new").await;
+    for ns in [&a, &b] {
+        for name in ["psi-yc-old", "psi-corp"] {
+            fx.wait_gone(ns, name, Duration::from_secs(20)).await;
+        }
+    }
+    cluster::poll("4 deletions counted", Duration::from_secs(10), || async {
+        let m = metrics(&injector);
+        let deleted = cluster::metric(
+            &m,
+            "pullsecret_injector_secret_writes_total{result=\"deleted\"}",
+        )?;
+        (deleted == 4.0).then_some(())
+    })
+    .await;
+    assert!(
+        fx.secrets(&b)
+            .get_opt("psi-yc-new")
+            .await
+            .unwrap()
+            .is_none(),
+        "b no longer opts in"
+    );
+    // Without both of our labels, a Secret is never touched, whatever its name.
+    for before in [&theirs, &other_installation] {
+        let now = fx
+            .secrets(&c)
+            .get(before.metadata.name.as_deref().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(
+            now.metadata.resource_version, before.metadata.resource_version,
+            "{:?} was changed",
+            now.metadata.name
+        );
+    }
+    assert!(
+        injector
+            .log_text()
+            .contains("no configured registry uses this Secret name any more"),
+        "the deletions say why"
+    );
+}
+
+#[tokio::test]
+#[ignore = "needs the local control plane: run scripts/test.sh"]
+async fn a_data_key_someone_else_added_to_a_managed_secret_is_removed() {
+    let fx = Release::new("extrakey", LABEL).await;
+    let injector = start(&fx);
+    let ns = fx.namespace("a", true).await;
+    fx.wait_for_token(&ns, "t1.stand-in-token-1", Duration::from_secs(20))
+        .await;
+    // Server-side apply alone would never remove it: "someone-else" owns the field.
+    fx.secrets(&ns)
+        .patch(
+            SECRET,
+            &PatchParams {
+                field_manager: Some("someone-else".into()),
+                ..Default::default()
+            },
+            &Patch::Merge(json!({"data": {"extra": "eA=="}})),
+        )
+        .await
+        .unwrap();
+    let api = fx.secrets(&ns);
+    let s = cluster::poll(
+        "the extra data key to be removed",
+        Duration::from_secs(20),
+        || async {
+            let s = api.get(SECRET).await.ok()?;
+            let keys: Vec<String> = s.data.as_ref()?.keys().cloned().collect();
+            (keys == [".dockerconfigjson"]).then_some(s)
+        },
+    )
+    .await;
+    assert_eq!(
+        password(&s, "cr.yandex").as_deref(),
+        Some("t1.stand-in-token-1")
+    );
+    let managers: Vec<String> = s
+        .metadata
+        .managed_fields
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|f| f.manager)
+        .collect();
+    assert!(
+        !managers.iter().any(|m| m == "someone-else"),
+        "someone-else still owns a field: {managers:?}"
+    );
+    assert!(
+        injector
+            .log_text()
+            .contains("removed data keys that someone else added"),
+        "the removal is logged"
+    );
+}

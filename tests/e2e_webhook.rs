@@ -51,7 +51,15 @@ impl Fixture {
             ),
         ]);
         config.namespace_selector = selector.clone();
-        let injector = Injector::start(dir.path(), &certs, config, &["--no-sync"], &[]);
+        // Webhook only, as the chart runs it with sync.enabled=false: no token, no
+        // kubeconfig. It needs no API access at all.
+        let injector = Injector::start(
+            dir.path(),
+            &certs,
+            config,
+            &["--no-sync"],
+            &[("KUBECONFIG", "/nonexistent/kubeconfig")],
+        );
         let webhook = format!("psi-{id}");
         cluster::register_webhook(&client, &webhook, &injector.url(), &certs.ca_pem, &selector)
             .await;

@@ -6,7 +6,14 @@
 //! manager `pullsecret-injector`) carrying the resourceVersion we observed, so a concurrent
 //! change becomes a conflict and a retry rather than a blind overwrite; deletes carry the
 //! observed uid and resourceVersion as preconditions.
+//!
+//! Server-side apply never removes a field that another manager owns, so a data key that
+//! someone added to our Secret would survive every apply. Such keys are removed by name
+//! with a JSON patch that first tests the observed uid and resourceVersion, so it only ever
+//! applies to the object we looked at.
 
+use json_patch::{PatchOperation, RemoveOperation, TestOperation};
+use jsonptr::PointerBuf;
 use k8s_openapi::api::core::v1::{ObjectReference, Secret as K8sSecret};
 use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
@@ -74,7 +81,7 @@ impl Applier {
         match step {
             Step::Create(desired) => self.create(&api, desired).await,
             Step::Update { desired, observed } => update(&api, desired, observed).await,
-            Step::Delete { name, observed } => delete(&api, name, observed).await,
+            Step::Delete { name, observed, .. } => delete(&api, name, observed).await,
             Step::ReportForeign {
                 secret_name,
                 registry,
@@ -144,6 +151,22 @@ async fn update(
     desired: &Desired,
     observed: &Observed,
 ) -> Result<Outcome, kube::Error> {
+    let name = desired.secret.metadata.name.as_deref().unwrap_or_default();
+    let cleaned;
+    let observed = if observed.foreign_keys.is_empty() {
+        observed
+    } else {
+        match remove_foreign_keys(api, name, observed).await? {
+            Some(o) => {
+                cleaned = o;
+                &cleaned
+            }
+            None => return Ok(Outcome::Conflict(None)),
+        }
+    };
+    if observed.digest == desired.digest {
+        return Ok(Outcome::Updated(observed.clone()));
+    }
     let mut secret = desired.secret.clone();
     secret.metadata.resource_version = Some(observed.resource_version.clone());
     let body = serde_json::json!({
@@ -153,11 +176,62 @@ async fn update(
         "type": secret.type_,
         "data": secret.data,
     });
-    let name = desired.secret.metadata.name.as_deref().unwrap_or_default();
     let params = PatchParams::apply(MANAGER).force();
     match api.patch(name, &params, &Patch::Apply(body)).await {
         Ok(s) => Ok(Outcome::Updated(Observed::of(&s))),
         Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => Ok(Outcome::Conflict(None)),
+        Err(e) => Err(e),
+    }
+}
+
+/// The JSON patch that removes `observed`'s foreign data keys, valid only while the object
+/// is still the one observed (same uid and resourceVersion).
+fn foreign_keys_patch(observed: &Observed) -> json_patch::Patch {
+    let test = |field: &str, value: &str| {
+        PatchOperation::Test(TestOperation {
+            path: PointerBuf::from_tokens(["metadata", field]),
+            value: value.into(),
+        })
+    };
+    let mut ops = vec![
+        test("uid", &observed.uid),
+        test("resourceVersion", &observed.resource_version),
+    ];
+    ops.extend(observed.foreign_keys.iter().map(|key| {
+        PatchOperation::Remove(RemoveOperation {
+            path: PointerBuf::from_tokens(["data", key.as_str()]),
+        })
+    }));
+    json_patch::Patch(ops)
+}
+
+/// Remove the data keys someone else added to our Secret; `None` when the object changed
+/// since it was observed (the watch will tell us what it is now).
+async fn remove_foreign_keys(
+    api: &Api<K8sSecret>,
+    name: &str,
+    observed: &Observed,
+) -> Result<Option<Observed>, kube::Error> {
+    let params = PatchParams {
+        field_manager: Some(MANAGER.to_string()),
+        ..Default::default()
+    };
+    let patch = Patch::Json::<()>(foreign_keys_patch(observed));
+    match api.patch(name, &params, &patch).await {
+        Ok(s) => {
+            tracing::info!(
+                secret = name,
+                namespace = s.metadata.namespace.as_deref().unwrap_or_default(),
+                keys = ?observed.foreign_keys,
+                "removed data keys that someone else added to a managed Secret"
+            );
+            Ok(Some(Observed::of(&s)))
+        }
+        // A failed test (422), a newer object (409) or none at all (404).
+        Err(kube::Error::Api(e)) if matches!(e.code, 404 | 409 | 422) => {
+            tracing::debug!(secret = name, error = %e, "managed Secret changed before its foreign keys could be removed; retrying");
+            Ok(None)
+        }
         Err(e) => Err(e),
     }
 }
@@ -179,5 +253,30 @@ async fn delete(
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(Outcome::AlreadyGone),
         Err(kube::Error::Api(e)) if e.code == 409 => Ok(Outcome::Conflict(None)),
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn foreign_keys_are_removed_only_from_the_observed_object() {
+        let observed = Observed {
+            uid: "u-1".into(),
+            resource_version: "42".into(),
+            digest: [0; 32],
+            registry: None,
+            foreign_keys: vec!["extra".into(), "a~b".into()],
+        };
+        assert_eq!(
+            serde_json::to_value(foreign_keys_patch(&observed)).unwrap(),
+            serde_json::json!([
+                {"op": "test", "path": "/metadata/uid", "value": "u-1"},
+                {"op": "test", "path": "/metadata/resourceVersion", "value": "42"},
+                {"op": "remove", "path": "/data/extra"},
+                {"op": "remove", "path": "/data/a~0b"},
+            ])
+        );
     }
 }

@@ -2,10 +2,12 @@
 //!
 //! Data flows one way, in small parts:
 //!
-//! * [`watch`]: one generic watch per kind feeds the mirrors in [`state`] on every replica
-//!   (the namespaces matching the opt-in selector, and only the Secrets carrying our
-//!   labels: never a cluster-wide cache of all Secrets) and queues the namespace of every
-//!   change on the [`queue`].
+//! * [`watch`]: one generic watch feeds the mirrors in [`state`] on every replica: the
+//!   namespaces matching the opt-in selector, and our Secrets, watched cluster-wide but by
+//!   name (one watch per configured or retired `secretName`, with a `metadata.name` field
+//!   selector, so that RBAC can authorise Secret reads by `resourceNames`) and by our
+//!   labels: never a cache of other Secrets. Every change queues its namespace on the
+//!   [`queue`].
 //! * [`refresh`]: one loop per registry fetches its credential (one fetch per refresh,
 //!   whatever the number of namespaces) and publishes it; a new credential queues every
 //!   matching namespace.
@@ -29,7 +31,7 @@ pub mod worker;
 
 use std::sync::Arc;
 
-use futures::future::join_all;
+use futures::future::{join_all, try_join_all};
 use k8s_openapi::api::core::v1::{Namespace, ObjectReference, Secret as K8sSecret};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
@@ -111,6 +113,8 @@ pub struct SyncOptions {
     pub identity: String,
     /// `sync.instance`: the installation's label value on its Secrets.
     pub instance: String,
+    /// `sync.retiredSecretNames`: names whose Secrets of ours are deleted everywhere.
+    pub retired_secret_names: Vec<String>,
     /// What credential Events are about: this replica's Pod (or its namespace).
     pub report_to: ObjectReference,
 }
@@ -143,13 +147,18 @@ impl SyncTask {
         metrics: Metrics,
         health: Arc<Health>,
     ) -> Arc<Self> {
+        let names = registries
+            .iter()
+            .map(|r| r.secret_name.clone())
+            .chain(options.retired_secret_names.iter().cloned());
+        let state = State::new(names);
         Arc::new(Self {
             client,
             registries,
             options,
             metrics,
             health,
-            state: State::default(),
+            state,
         })
     }
 
@@ -188,12 +197,25 @@ impl SyncTask {
         .await
     }
 
-    /// Mirror the Secrets this installation manages until `stop`.
+    /// Mirror the Secrets this installation manages until `stop`: one watch per watched
+    /// name, across all namespaces, each selecting that name and our labels.
     pub async fn watch_secrets(self: Arc<Self>, stop: CancellationToken) -> anyhow::Result<()> {
-        let config = watcher::Config::default().labels(&secret::selector(&self.options.instance));
+        let labels = secret::selector(&self.options.instance);
         let api = Api::<K8sSecret>::all(self.client.clone());
-        let secrets = &self.state.secrets;
-        watch::watch(api, config, secrets, &self.state.queue, |_| {}, &stop).await
+        let watches = self.state.secret_mirrors().map(|(name, mirror)| {
+            let config = watcher::Config::default()
+                .fields(&format!("metadata.name={name}"))
+                .labels(&labels);
+            watch::watch(
+                api.clone(),
+                config,
+                mirror,
+                &self.state.queue,
+                |_| {},
+                &stop,
+            )
+        });
+        try_join_all(watches).await.map(drop)
     }
 
     /// While `leading` is true: refresh credentials and write Secrets. Until `stop`.

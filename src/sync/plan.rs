@@ -4,7 +4,8 @@
 //!
 //! Desired: for every registry whose credential is known, a `kubernetes.io/dockerconfigjson`
 //! Secret named `secretName` in every namespace that matches the selector and is not being
-//! deleted; none of our Secrets anywhere else. A registry without a credential yet (or
+//! deleted, holding exactly our data key; none of our Secrets anywhere else, and none under
+//! a name that no registry claims any more (a retired name). A registry without a credential yet (or
 //! whose refresh fails) keeps whatever Secret is there: the last good credential stays
 //! valid until its own expiry, and after it there is nothing better to write.
 //!
@@ -64,6 +65,8 @@ pub enum Step {
         name: String,
         /// What we last saw of it.
         observed: Observed,
+        /// Why it goes.
+        reason: DeleteReason,
     },
     /// Report a Secret with a managed name that is not ours (log line and Event).
     ReportForeign {
@@ -72,6 +75,25 @@ pub enum Step {
         /// The registry that would manage it.
         registry: String,
     },
+}
+
+/// Why one of our Secrets is deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeleteReason {
+    /// Its namespace no longer opts in (or is being deleted).
+    NamespaceOptedOut,
+    /// No configured registry uses its name any more (a retired `secretName`).
+    NameRetired,
+}
+
+impl DeleteReason {
+    /// In words, for log lines.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NamespaceOptedOut => "namespace no longer opted in",
+            Self::NameRetired => "no configured registry uses this Secret name any more",
+        }
+    }
 }
 
 /// Whether `namespace` should hold `registry`'s Secret.
@@ -88,6 +110,7 @@ pub fn plan(ns: &NamespaceView<'_>) -> Vec<Step> {
             (false, Some(SecretState::Ours(o)), _) => Some(Step::Delete {
                 name: r.secret_name.to_string(),
                 observed: o.clone(),
+                reason: DeleteReason::NamespaceOptedOut,
             }),
             (false, _, _) => None,
             (true, Some(SecretState::Foreign { reported: false }), _) => {
@@ -97,6 +120,7 @@ pub fn plan(ns: &NamespaceView<'_>) -> Vec<Step> {
                 })
             }
             (true, _, None) => None,
+            // An extra data key makes the digests differ; the update removes it.
             (true, Some(SecretState::Ours(o)), Some(c)) => {
                 let d = desired(ns.instance, ns.name, r.secret_name, r.name, r.hosts, c);
                 (d.digest != o.digest).then(|| Step::Update {
@@ -118,6 +142,19 @@ pub fn plan(ns: &NamespaceView<'_>) -> Vec<Step> {
             }
         };
         steps.extend(step);
+    }
+    // Our Secrets under names no registry claims (the watches only see configured and
+    // retired names, and only Secrets with our labels).
+    for (name, known) in ns.secrets {
+        if let SecretState::Ours(o) = known
+            && !ns.registries.iter().any(|r| r.secret_name == name)
+        {
+            steps.push(Step::Delete {
+                name: name.clone(),
+                observed: o.clone(),
+                reason: DeleteReason::NameRetired,
+            });
+        }
     }
     steps
 }
@@ -170,7 +207,16 @@ mod tests {
                         desired.secret.metadata.name.as_deref().unwrap()
                     )
                 }
-                Step::Delete { name, .. } => format!("delete {name}"),
+                Step::Delete {
+                    name,
+                    reason: DeleteReason::NamespaceOptedOut,
+                    ..
+                } => format!("delete {name}"),
+                Step::Delete {
+                    name,
+                    reason: DeleteReason::NameRetired,
+                    ..
+                } => format!("delete retired {name}"),
                 Step::ReportForeign { secret_name, .. } => format!("report {secret_name}"),
             })
             .collect()
@@ -405,8 +451,17 @@ mod tests {
             other => panic!("{other:?}"),
         }
         match run(Ns::NotMatching, Some(ours_with(&t1)), None).as_slice() {
-            [Step::Delete { name, observed }] => {
-                assert_eq!((name.as_str(), observed), ("yc", &seen));
+            [
+                Step::Delete {
+                    name,
+                    observed,
+                    reason,
+                },
+            ] => {
+                assert_eq!(
+                    (name.as_str(), observed, *reason),
+                    ("yc", &seen, DeleteReason::NamespaceOptedOut)
+                );
             }
             other => panic!("{other:?}"),
         }
@@ -454,5 +509,79 @@ mod tests {
                 registry: "c".into()
             }
         );
+    }
+
+    /// Our Secret under a name no registry claims (what a retired name's watch reports).
+    fn ours_named(name: &str) -> SecretState {
+        let c = cred("t1", None);
+        let mut s = desired(INSTANCE, NS, name, "gone", &hosts(), &c).secret;
+        s.metadata.uid = Some(format!("uid-{name}"));
+        s.metadata.resource_version = Some("3".into());
+        SecretState::Ours(Observed::of(&s))
+    }
+
+    #[test]
+    fn secrets_under_names_no_registry_claims_are_deleted_wherever_they_are() {
+        let t1 = cred("t1", None);
+        let h = hosts();
+        let registries = [RegistryView {
+            name: "yandex",
+            secret_name: "yc",
+            hosts: &h,
+            credential: Some(&t1),
+        }];
+        let secrets = BTreeMap::from([
+            ("old-a".to_string(), ours_named("old-a")),
+            ("old-b".to_string(), ours_named("old-b")),
+            // Foreign entries only ever come from refused creates of configured names;
+            // one under an unclaimed name is never touched either.
+            (
+                "old-c".to_string(),
+                SecretState::Foreign { reported: false },
+            ),
+        ]);
+        let info = NamespaceInfo::default();
+        let terminating = NamespaceInfo {
+            terminating: true,
+            ..NamespaceInfo::default()
+        };
+        for (what, info) in [
+            ("matching", Some(&info)),
+            ("not matching", None),
+            ("terminating", Some(&terminating)),
+        ] {
+            let steps = plan(&NamespaceView {
+                instance: INSTANCE,
+                name: NS,
+                info,
+                registries: &registries,
+                secrets: &secrets,
+            });
+            let mut want = if info.is_some_and(|i| !i.terminating) {
+                vec!["create yc"]
+            } else {
+                vec![]
+            };
+            want.extend(["delete retired old-a", "delete retired old-b"]);
+            assert_eq!(summary(&steps), want, "{what}");
+        }
+    }
+
+    #[test]
+    fn a_foreign_data_key_is_an_update_that_carries_the_key_names() {
+        let t1 = cred("t1", Some("2026-11-29T20:00:00Z"));
+        match run(Ns::Matching, Some(ours_edited(&t1)), Some(&t1)).as_slice() {
+            [Step::Update { observed, desired }] => {
+                assert_eq!(observed.foreign_keys, ["extra"]);
+                assert_eq!(desired, &desired_for_plan(&t1));
+            }
+            other => panic!("{other:?}"),
+        }
+        // Without a credential nothing is written, foreign key or not.
+        assert_eq!(run(Ns::Matching, Some(ours_edited(&t1)), None), []);
+    }
+
+    fn desired_for_plan(c: &Credential) -> Desired {
+        desired(INSTANCE, NS, "yc", "yandex", &hosts(), c)
     }
 }

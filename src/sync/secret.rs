@@ -37,23 +37,27 @@ pub struct Observed {
     pub digest: [u8; 32],
     /// The registry it was written for (`pullsecret-injector.io/registry`).
     pub registry: Option<String>,
+    /// Data keys other than [`DATA_KEY`] (someone else added them; their values are never
+    /// kept). Server-side apply cannot remove a field another manager owns, so these are
+    /// removed by name.
+    pub foreign_keys: Vec<String>,
 }
 
 impl Observed {
     /// Read what matters from a watched Secret.
     pub fn of(secret: &K8sSecret) -> Self {
+        let data = secret.data.as_ref();
+        let keys: Vec<&str> = data
+            .map(|d| d.keys().map(String::as_str).collect())
+            .unwrap_or_default();
         Self {
             uid: secret.metadata.uid.clone().unwrap_or_default(),
             resource_version: secret.metadata.resource_version.clone().unwrap_or_default(),
             digest: digest(
                 secret.type_.as_deref().unwrap_or_default(),
                 secret.metadata.annotations.as_ref(),
-                secret
-                    .data
-                    .as_ref()
-                    .and_then(|d| d.get(DATA_KEY))
-                    .map(|b| b.0.as_slice()),
-                secret.data.as_ref().map_or(0, BTreeMap::len),
+                data.and_then(|d| d.get(DATA_KEY)).map(|b| b.0.as_slice()),
+                &keys,
             ),
             registry: secret
                 .metadata
@@ -61,6 +65,11 @@ impl Observed {
                 .as_ref()
                 .and_then(|a| a.get(REGISTRY_ANNOTATION))
                 .cloned(),
+            foreign_keys: keys
+                .into_iter()
+                .filter(|k| *k != DATA_KEY)
+                .map(str::to_string)
+                .collect(),
         }
     }
 }
@@ -97,7 +106,12 @@ pub fn desired(
     if let Some(expires_at) = credential.expires_at() {
         annotations.insert(EXPIRES_AT_ANNOTATION.to_string(), rfc3339(expires_at));
     }
-    let digest = digest(DOCKER_CONFIG_JSON, Some(&annotations), Some(&data), 1);
+    let digest = digest(
+        DOCKER_CONFIG_JSON,
+        Some(&annotations),
+        Some(&data),
+        &[DATA_KEY],
+    );
     let secret = K8sSecret {
         metadata: ObjectMeta {
             name: Some(secret_name.to_string()),
@@ -122,12 +136,12 @@ pub fn rfc3339(t: jiff::Timestamp) -> String {
 }
 
 /// Digest of what we own in a Secret. Annotations other than ours are ignored (others may
-/// annotate our Secrets); any extra data key counts as a difference.
+/// annotate our Secrets); the names of all data keys count, so an extra key is a difference.
 fn digest(
     type_: &str,
     annotations: Option<&BTreeMap<String, String>>,
     data: Option<&[u8]>,
-    data_keys: usize,
+    data_keys: &[&str],
 ) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(type_.as_bytes());
@@ -142,7 +156,11 @@ fn digest(
         }
         h.update([0]);
     }
-    h.update((data_keys as u64).to_le_bytes());
+    h.update((data_keys.len() as u64).to_le_bytes());
+    for key in data_keys {
+        h.update(key.as_bytes());
+        h.update([0]);
+    }
     match data {
         Some(d) => {
             h.update([1]);
@@ -258,7 +276,16 @@ pub(crate) mod tests {
             .as_mut()
             .unwrap()
             .insert("extra".into(), ByteString(b"x".to_vec()));
-        assert_ne!(Observed::of(&edited).digest, base.digest);
+        let seen = Observed::of(&edited);
+        assert_ne!(seen.digest, base.digest);
+        assert_eq!(seen.foreign_keys, ["extra"]);
+        assert!(Observed::of(&base.secret).foreign_keys.is_empty());
+        // A foreign key in place of ours is a difference too, though the count is equal.
+        let mut swapped = base.secret.clone();
+        let data = swapped.data.as_mut().unwrap();
+        let ours = data.remove(DATA_KEY).unwrap();
+        data.insert("other".into(), ours);
+        assert_ne!(Observed::of(&swapped).digest, base.digest);
         let mut retyped = base.secret.clone();
         retyped.type_ = Some("Opaque".into());
         assert_ne!(Observed::of(&retyped).digest, base.digest);

@@ -1,11 +1,12 @@
 //! What every replica knows of the cluster, fed by the watches, read by the worker.
 //!
-//! Two mirrors (opted-in namespaces, our Secrets), the Secrets we found to be foreign
-//! (learned from refused creates: the label-filtered watch never sees them), and the work
-//! queue. Every change pushes the namespace it concerns; nothing else decides anything here.
+//! Mirrors of the opted-in namespaces and of our Secrets (one mirror per watched Secret name,
+//! each fed by its own watch: RBAC authorises Secret reads by name only), the Secrets we
+//! found to be foreign (learned from refused creates: the label-filtered watches never see
+//! them), and the work queue. Every change pushes the namespace it concerns; nothing else
+//! decides anything here.
 
 use std::collections::{BTreeMap, HashMap};
-use std::ops::RangeBounds;
 use std::sync::Mutex;
 
 use k8s_openapi::api::core::v1::{Namespace, Secret};
@@ -33,8 +34,7 @@ impl NamespaceInfo {
     }
 }
 
-/// Where a Secret is: namespace, then name (ordered so that a namespace's Secrets are a
-/// range).
+/// Where a Secret is: namespace, then name.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SecretKey {
     /// Namespace.
@@ -70,7 +70,7 @@ pub enum SecretState {
     },
 }
 
-/// A map kept equal to what a watch reports, keyed for range reads.
+/// A map kept equal to what a watch reports.
 #[derive(Debug)]
 pub struct Mirror<K, V> {
     map: Mutex<BTreeMap<K, V>>,
@@ -107,6 +107,29 @@ impl<K: Ord + Clone, V: Clone + PartialEq> Mirror<K, V> {
         self.lock().insert(key, value.clone()).as_ref() != Some(&value)
     }
 
+    /// Set `key` to `value` (remove it for `None`) only if `current` holds for what is there
+    /// now; returns whether it did.
+    pub fn set_if(
+        &self,
+        key: K,
+        current: impl FnOnce(Option<&V>) -> bool,
+        value: Option<V>,
+    ) -> bool {
+        let mut map = self.lock();
+        if !current(map.get(&key)) {
+            return false;
+        }
+        match value {
+            Some(v) => {
+                map.insert(key, v);
+            }
+            None => {
+                map.remove(&key);
+            }
+        }
+        true
+    }
+
     /// Remove; returns whether it was there.
     pub fn remove(&self, key: &K) -> bool {
         self.lock().remove(key).is_some()
@@ -115,14 +138,6 @@ impl<K: Ord + Clone, V: Clone + PartialEq> Mirror<K, V> {
     /// The value at `key`.
     pub fn get(&self, key: &K) -> Option<V> {
         self.lock().get(key).cloned()
-    }
-
-    /// The entries in `range`.
-    pub fn range(&self, range: impl RangeBounds<K>) -> Vec<(K, V)> {
-        self.lock()
-            .range(range)
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
     }
 
     /// Every key.
@@ -141,8 +156,8 @@ impl<K: Ord + Clone, V: Clone + PartialEq> Mirror<K, V> {
 pub struct State {
     /// Namespaces matching the opt-in selector (terminating ones included, marked).
     pub namespaces: Mirror<String, NamespaceInfo>,
-    /// Our Secrets.
-    pub secrets: Mirror<SecretKey, Observed>,
+    /// Our Secrets, one mirror per watched name (configured and retired).
+    secrets: BTreeMap<String, Mirror<SecretKey, Observed>>,
     /// Secrets with a managed name that are not ours.
     foreign: Mutex<HashMap<SecretKey, bool>>,
     /// Namespaces to reconcile.
@@ -150,16 +165,53 @@ pub struct State {
 }
 
 impl State {
-    /// What is known of every managed name in `namespace`: our Secrets, then the foreign
+    /// A state that mirrors our Secrets under these names (each watched on its own).
+    pub fn new(secret_names: impl IntoIterator<Item = String>) -> Self {
+        Self {
+            secrets: secret_names
+                .into_iter()
+                .map(|n| (n, Mirror::default()))
+                .collect(),
+            ..Self::default()
+        }
+    }
+
+    /// The watched Secret names and their mirrors, by name.
+    pub fn secret_mirrors(&self) -> impl Iterator<Item = (&str, &Mirror<SecretKey, Observed>)> {
+        self.secrets.iter().map(|(n, m)| (n.as_str(), m))
+    }
+
+    /// Our Secret at `key`, as last observed.
+    pub fn secret(&self, key: &SecretKey) -> Option<Observed> {
+        self.secrets.get(&key.name)?.get(key)
+    }
+
+    /// Record what we now know of our Secret at `key` (`None`: it is gone). Names that
+    /// are not watched are never ours to remember.
+    pub fn set_secret(&self, key: SecretKey, observed: Option<Observed>) {
+        let Some(mirror) = self.secrets.get(&key.name) else {
+            return;
+        };
+        match observed {
+            Some(o) => {
+                mirror.upsert(key, o);
+            }
+            None => {
+                mirror.remove(&key);
+            }
+        }
+    }
+
+    /// What is known of every watched name in `namespace`: our Secrets, then the foreign
     /// ones we ran into.
     pub fn secrets_in(&self, namespace: &str) -> BTreeMap<String, SecretState> {
-        let from = SecretKey::new(namespace, "");
         let mut out: BTreeMap<String, SecretState> = self
             .secrets
-            .range(from..)
-            .into_iter()
-            .take_while(|(k, _)| k.namespace == namespace)
-            .map(|(k, o)| (k.name, SecretState::Ours(o)))
+            .iter()
+            .filter_map(|(name, m)| {
+                let o = m.get(&SecretKey::new(namespace, name))?;
+                Some((name.clone(), SecretState::Ours(o)))
+            })
             .collect();
         for (key, reported) in self.foreign().iter() {
             if key.namespace == namespace {
@@ -189,26 +241,33 @@ impl State {
         self.foreign().insert(key, true);
     }
 
-    /// We wrote our own Secret at `key`: it is not foreign (any more).
-    pub fn wrote(&self, key: SecretKey, observed: Option<Observed>) {
+    /// We wrote our own Secret at `key`: it is not foreign (any more), and it is now `now`
+    /// (`None`: deleted). The write was planned from the version `planned` (`None`: it was
+    /// absent). The answer to a write can be older than an event the watch has delivered
+    /// meanwhile (someone changed the Secret right after our write), so the mirror takes it
+    /// only while it still holds what the write was planned from; otherwise the watch's
+    /// newer news stands.
+    pub fn wrote(&self, key: SecretKey, planned: Option<&str>, now: Option<Observed>) {
         self.foreign().remove(&key);
-        match observed {
-            Some(o) => {
-                self.secrets.upsert(key, o);
-            }
-            None => {
-                self.secrets.remove(&key);
-            }
+        if let Some(mirror) = self.secrets.get(&key.name) {
+            mirror.set_if(
+                key,
+                |current| current.map(|o| o.resource_version.as_str()) == planned,
+                now,
+            );
         }
     }
 
-    /// Queue every namespace we know of: matching ones and those holding our Secrets.
+    /// Queue every namespace we know of: matching ones and those holding our Secrets
+    /// (under configured or retired names).
     pub fn queue_everything(&self) {
         for ns in self.namespaces.keys() {
             self.queue.push(&ns);
         }
-        for key in self.secrets.keys() {
-            self.queue.push(&key.namespace);
+        for mirror in self.secrets.values() {
+            for key in mirror.keys() {
+                self.queue.push(&key.namespace);
+            }
         }
     }
 
@@ -230,6 +289,7 @@ mod tests {
             resource_version: "1".into(),
             digest: [0; 32],
             registry: None,
+            foreign_keys: Vec::new(),
         }
     }
 
@@ -248,10 +308,13 @@ mod tests {
 
     #[test]
     fn secrets_of_a_namespace_are_ours_first_then_foreign_ones() {
-        let s = State::default();
-        s.secrets.upsert(SecretKey::new("a", "x"), observed("1"));
-        s.secrets.upsert(SecretKey::new("ab", "x"), observed("2"));
-        s.secrets.upsert(SecretKey::new("a", "y"), observed("3"));
+        let s = State::new(["x", "y", "z"].map(String::from));
+        s.set_secret(SecretKey::new("a", "x"), Some(observed("1")));
+        s.set_secret(SecretKey::new("ab", "x"), Some(observed("2")));
+        s.set_secret(SecretKey::new("a", "y"), Some(observed("3")));
+        // Not a watched name: never ours.
+        s.set_secret(SecretKey::new("a", "w"), Some(observed("5")));
+        assert_eq!(s.secret(&SecretKey::new("a", "w")), None);
         assert!(s.found_foreign(SecretKey::new("a", "z")));
         assert!(!s.found_foreign(SecretKey::new("a", "z")));
         let got = s.secrets_in("a");
@@ -262,8 +325,65 @@ mod tests {
             s.secrets_in("a")["z"],
             SecretState::Foreign { reported: true }
         );
-        s.wrote(SecretKey::new("a", "z"), Some(observed("4")));
+        s.wrote(SecretKey::new("a", "z"), None, Some(observed("4")));
         assert_eq!(s.secrets_in("a")["z"], SecretState::Ours(observed("4")));
         assert!(s.secrets_in("b").is_empty());
+        s.set_secret(SecretKey::new("a", "x"), None);
+        assert_eq!(s.secrets_in("a").keys().collect::<Vec<_>>(), ["y", "z"]);
+    }
+
+    fn at(uid: &str, resource_version: &str) -> Observed {
+        Observed {
+            resource_version: resource_version.into(),
+            ..observed(uid)
+        }
+    }
+
+    #[test]
+    fn a_write_answer_never_replaces_newer_news_from_the_watch() {
+        let s = State::new(["x".to_string()]);
+        let key = SecretKey::new("a", "x");
+        // Created while the watch had nothing: taken.
+        s.wrote(key.clone(), None, Some(at("u", "5")));
+        assert_eq!(s.secret(&key), Some(at("u", "5")));
+        // The watch reports someone's change (7) before our update's answer (6) arrives.
+        s.set_secret(key.clone(), Some(at("u", "7")));
+        s.wrote(key.clone(), Some("5"), Some(at("u", "6")));
+        assert_eq!(
+            s.secret(&key),
+            Some(at("u", "7")),
+            "the watch's news stands"
+        );
+        // Planned from what the mirror holds: taken.
+        s.wrote(key.clone(), Some("7"), Some(at("u", "8")));
+        assert_eq!(s.secret(&key), Some(at("u", "8")));
+        // A create whose answer comes after the watch already reported the object.
+        let other = SecretKey::new("b", "x");
+        s.set_secret(other.clone(), Some(at("v", "10")));
+        s.wrote(other.clone(), None, Some(at("v", "9")));
+        assert_eq!(s.secret(&other), Some(at("v", "10")));
+        // Deleted: gone, unless the watch already knows a newer object.
+        s.wrote(key.clone(), Some("8"), None);
+        assert_eq!(s.secret(&key), None);
+        s.wrote(other.clone(), Some("9"), None);
+        assert_eq!(s.secret(&other), Some(at("v", "10")));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn queue_everything_covers_every_watched_name() {
+        let s = State::new(["current", "retired"].map(String::from));
+        s.namespaces
+            .upsert("opted-in".into(), NamespaceInfo::default());
+        s.set_secret(SecretKey::new("left", "retired"), Some(observed("1")));
+        s.set_secret(SecretKey::new("opted-out", "current"), Some(observed("2")));
+        s.queue_everything();
+        let mut queued = Vec::new();
+        while let Ok(ns) =
+            tokio::time::timeout(std::time::Duration::from_millis(1), s.queue.pop()).await
+        {
+            queued.push(ns);
+        }
+        queued.sort();
+        assert_eq!(queued, ["left", "opted-in", "opted-out"]);
     }
 }

@@ -134,22 +134,27 @@ impl Worker<'_> {
                     result,
                     "managed Secret written"
                 );
-                self.state.wrote(key, Some(o));
+                self.state.wrote(key, planned_from(step), Some(o));
             }
             Outcome::Deleted => {
+                let reason = match step {
+                    Step::Delete { reason, .. } => reason.as_str(),
+                    _ => "",
+                };
                 tracing::info!(
                     namespace = ns,
                     secret = name,
-                    "managed Secret deleted: namespace no longer opted in"
+                    reason,
+                    "managed Secret deleted"
                 );
-                self.state.wrote(key, None);
+                self.state.wrote(key, planned_from(step), None);
             }
             Outcome::AlreadyGone => {
-                self.state.secrets.remove(&key);
+                self.state.set_secret(key, None);
             }
             Outcome::Conflict(now) => {
                 if let Some(o) = now {
-                    self.state.secrets.upsert(key, o);
+                    self.state.set_secret(key, Some(o));
                 }
                 return Reconciled::Retry;
             }
@@ -170,6 +175,16 @@ impl Worker<'_> {
             .secret_writes
             .get_or_create(&ResultLabel { result })
             .inc();
+    }
+}
+
+/// The version of the Secret a step was planned from (`None`: it was absent).
+fn planned_from(step: &Step) -> Option<&str> {
+    match step {
+        Step::Update { observed, .. } | Step::Delete { observed, .. } => {
+            Some(&observed.resource_version)
+        }
+        Step::Create(_) | Step::ReportForeign { .. } => None,
     }
 }
 

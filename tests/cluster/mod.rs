@@ -45,6 +45,7 @@ pub fn kubeconfig_path() -> PathBuf {
 }
 
 /// Where a control plane is: the shared one (`PSI_TEST_*`) or one a test started itself.
+#[derive(Debug, Clone)]
 pub struct ControlPlane {
     /// Admin kubeconfig.
     pub kubeconfig: PathBuf,
@@ -368,18 +369,21 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     Some((status, body))
 }
 
+/// A label map from pairs.
+pub fn labels(pairs: &[(&str, &str)]) -> std::collections::BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
 /// Create a namespace with labels and its `default` ServiceAccount (there is no
 /// controller-manager to create it, and Pod admission wants it).
 pub async fn create_namespace(client: &Client, name: &str, labels: &[(&str, &str)]) {
     let ns = Namespace {
         metadata: ObjectMeta {
             name: Some(name.to_string()),
-            labels: Some(
-                labels
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-            ),
+            labels: Some(self::labels(labels)),
             ..Default::default()
         },
         ..Default::default()
@@ -503,30 +507,88 @@ pub fn helm() -> PathBuf {
     p
 }
 
-/// Install the chart's ServiceAccount and RBAC (exactly what the chart renders) for
-/// release `release` in `namespace` on `cp`, and return a kubeconfig that authenticates as
-/// that ServiceAccount with a TokenRequest token.
-pub async fn chart_service_account(
+/// The names a release's RBAC authorises (the chart's Secret and Lease permissions are by
+/// name), as in the config the test runs with.
+#[derive(Debug, Clone)]
+pub struct ChartNames {
+    /// `registries[].secretName`.
+    pub secret_names: Vec<String>,
+    /// `sync.retiredSecretNames`.
+    pub retired: Vec<String>,
+    /// `sync.leaderElection.leaseName`.
+    pub lease_name: String,
+}
+
+impl ChartNames {
+    /// The names `config` uses.
+    pub fn of(config: &Config) -> Self {
+        Self {
+            secret_names: config
+                .registries
+                .iter()
+                .map(|r| r.secret_name.clone())
+                .collect(),
+            retired: config.sync.retired_secret_names.clone(),
+            lease_name: config.sync.leader_election.lease_name.clone(),
+        }
+    }
+
+    /// Chart values that make the chart authorise these names (JSON, which is YAML). The
+    /// registries' other fields do not matter for RBAC.
+    fn values(&self) -> String {
+        let registries: Vec<_> = self
+            .secret_names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                serde_json::json!({
+                    "name": format!("r{i}"),
+                    "hosts": ["registry.invalid"],
+                    "secretName": name,
+                    "credentials": {"basic": {"username": "u", "passwordFile": "/creds/p"}},
+                })
+            })
+            .collect();
+        serde_json::json!({
+            // Only RBAC is rendered; the credentials Secret is not part of these tests.
+            "credentials": {"existingSecret": "unused"},
+            "registries": registries,
+            "sync": {
+                "retiredSecretNames": self.retired,
+                "leaderElection": {"leaseName": self.lease_name},
+            },
+        })
+        .to_string()
+    }
+}
+
+/// Render and apply the chart's ServiceAccount, RBAC and ValidatingAdmissionPolicy for
+/// release `release` (also the `sync.instance` the policy requires) in `namespace`,
+/// authorising `names`; returns the ServiceAccount's name. Applying again with other names
+/// is what `helm upgrade` does to these objects.
+pub fn apply_chart_rbac(
     cp: &ControlPlane,
-    client: &Client,
-    dir: &Path,
     release: &str,
     namespace: &str,
-) -> PathBuf {
-    create_namespace(client, namespace, &[]).await;
+    names: &ChartNames,
+) -> String {
+    let values = tempfile::NamedTempFile::new().expect("a temporary values file");
+    std::fs::write(values.path(), names.values()).expect("writing chart values");
     let rendered = Command::new(helm())
         .args(["template", release])
         .arg(repo().join("charts/pullsecret-injector"))
+        .args(["--namespace", namespace, "-f"])
+        .arg(values.path())
         .args([
-            "--namespace",
-            namespace,
             "--show-only",
             "templates/serviceaccount.yaml",
             "--show-only",
             "templates/rbac.yaml",
-            // Only RBAC is rendered; the credentials Secret is not part of this test.
-            "--set",
-            "credentials.existingSecret=unused",
+            "--show-only",
+            "templates/admission-policy.yaml",
+            // What `helm install` discovers on a 1.30+ API server such as the test's.
+            "--api-versions",
+            "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy",
         ])
         .output()
         .expect("running helm template");
@@ -536,7 +598,22 @@ pub async fn chart_service_account(
         String::from_utf8_lossy(&rendered.stderr)
     );
     cp.apply(&rendered.stdout);
-    let sa = release_service_account(&rendered.stdout);
+    release_service_account(&rendered.stdout)
+}
+
+/// Install the chart's ServiceAccount, RBAC and admission policy (exactly what the chart
+/// renders) for release `release` in `namespace` on `cp`, authorising `names`, and return a
+/// kubeconfig that authenticates as that ServiceAccount with a TokenRequest token.
+pub async fn chart_service_account(
+    cp: &ControlPlane,
+    client: &Client,
+    dir: &Path,
+    release: &str,
+    namespace: &str,
+    names: &ChartNames,
+) -> PathBuf {
+    create_namespace(client, namespace, &[]).await;
+    let sa = apply_chart_rbac(cp, release, namespace, names);
     let token = cp
         .kubectl()
         .args(["create", "token", &sa, "-n", namespace, "--duration", "2h"])

@@ -69,9 +69,13 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 {{- end -}}
 
-{{/* Name of the Secret mounted at credentials.mountPath ("" = none). */}}
+{{/*
+Name of the Secret mounted at credentials.mountPath ("" = none). Only the sync task reads
+credentials: a webhook-only install (sync.enabled=false) mounts none.
+*/}}
 {{- define "psi.credentialsSecretName" -}}
-{{- if .Values.credentials.existingSecret -}}
+{{- if not .Values.sync.enabled -}}
+{{- else if .Values.credentials.existingSecret -}}
 {{- .Values.credentials.existingSecret -}}
 {{- else if .Values.credentials.files -}}
 {{- printf "%s-credentials" (include "psi.fullname" .) -}}
@@ -97,6 +101,60 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- printf "%s=%s,kubernetes.io/metadata.name notin (%s)" .Values.namespaceSelector.key .Values.namespaceSelector.value (join "," $excluded) -}}
 {{- end -}}
 
+{{/* sync.instance: the label value on every Secret this release manages. */}}
+{{- define "psi.instance" -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* The registries' secretNames, sorted, as a JSON array (RBAC resourceNames, the policy). */}}
+{{- define "psi.secretNames" -}}
+{{- $names := list -}}
+{{- range .Values.registries -}}
+{{- $names = append $names .secretName -}}
+{{- end -}}
+{{- toJson ($names | uniq | sortAlpha) -}}
+{{- end -}}
+
+{{/*
+Retired Secret names, sorted, as a JSON array: sync.retiredSecretNames, plus, on helm upgrade,
+the secretNames the running release configures that these values no longer do (read from its
+ConfigMap with lookup, which is empty under helm template: there, list them yourself). A name
+the registries configure is never retired. The injector deletes its own Secrets (both labels)
+under these names from every namespace.
+*/}}
+{{- define "psi.retiredSecretNames" -}}
+{{- $current := include "psi.secretNames" . | fromJsonArray -}}
+{{- $retired := .Values.sync.retiredSecretNames | default list -}}
+{{- $running := lookup "v1" "ConfigMap" .Release.Namespace (include "psi.fullname" .) -}}
+{{- with (get ($running.data | default dict) "config.yaml") -}}
+{{- range ((fromYaml .).registries | default list) -}}
+{{- $retired = append $retired .secretName -}}
+{{- end -}}
+{{- end -}}
+{{- $out := list -}}
+{{- range $retired -}}
+{{- if not (has . $current) -}}
+{{- $out = append $out . -}}
+{{- end -}}
+{{- end -}}
+{{- toJson ($out | uniq | sortAlpha) -}}
+{{- end -}}
+
+{{/*
+Whether to install the ValidatingAdmissionPolicy (rbac.admissionPolicy): true, false, or auto
+= when the cluster serves admissionregistration.k8s.io/v1 ValidatingAdmissionPolicy (1.30+).
+*/}}
+{{- define "psi.admissionPolicy" -}}
+{{- $want := .Values.rbac.admissionPolicy -}}
+{{- if and .Values.rbac.create .Values.sync.enabled -}}
+{{- if eq (toString $want) "auto" -}}
+{{- if .Capabilities.APIVersions.Has "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy" }}true{{ end -}}
+{{- else if eq (toString $want) "true" -}}
+true
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
 {{/*
 The config file (src/config.rs schema; README "Configuration reference"). Strings go through
 toJson (a JSON string is a YAML string), so no value can break the YAML; only keys the binary
@@ -117,7 +175,9 @@ sync:
   refreshInterval: {{ .Values.sync.refreshInterval | toString | toJson }}
   maxWritesPerSecond: {{ int .Values.sync.maxWritesPerSecond }}
   # Label value on every Secret this release manages; another release never touches them.
-  instance: {{ .Release.Name | trunc 63 | trimSuffix "-" | toJson }}
+  instance: {{ include "psi.instance" . | toJson }}
+  # Names no registry uses any more: this release's Secrets under them are deleted everywhere.
+  retiredSecretNames: {{ include "psi.retiredSecretNames" . }}
   leaderElection:
     enabled: {{ $le.enabled }}
     leaseName: {{ $le.leaseName | toJson }}
@@ -144,7 +204,7 @@ from somewhere, and from one place only.
 {{- if and (eq .Values.certificates.mode "existingSecret") (not .Values.certificates.existingSecret.caBundle) -}}
 {{- fail "certificates.existingSecret.caBundle (base64 PEM of the CA) is required when certificates.mode is existingSecret" -}}
 {{- end -}}
-{{- range $i, $r := .Values.registries -}}
+{{- range $i, $r := (.Values.sync.enabled | ternary .Values.registries list) -}}
 {{- range $kind, $src := ($r.credentials | default dict) -}}
 {{- range $field := list "file" "passwordFile" -}}
 {{- $path := get ($src | default dict) $field -}}
