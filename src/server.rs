@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -70,10 +70,12 @@ impl Default for Limits {
     }
 }
 
-/// The webhook's routes: `POST /mutate`.
+/// The webhook's routes: `POST /mutate` and, for registries scoped by namespace,
+/// `POST /mutate/SCOPE`.
 pub fn webhook_router(admission: Arc<Admission>) -> Router {
     Router::new()
         .route("/mutate", post(mutate))
+        .route("/mutate/{scope}", post(mutate_scope))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(admission)
 }
@@ -82,6 +84,24 @@ async fn mutate(
     State(admission): State<Arc<Admission>>,
     headers: HeaderMap,
     body: Bytes,
+) -> Response {
+    answer_review(&headers, || admission.handle(&body))
+}
+
+async fn mutate_scope(
+    State(admission): State<Arc<Admission>>,
+    Path(scope): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    answer_review(&headers, || admission.handle_scope(&scope, &body))
+}
+
+/// 415 for a body that is not JSON, else the review's answer (400 for a body that is not
+/// an AdmissionReview).
+fn answer_review(
+    headers: &HeaderMap,
+    review: impl FnOnce() -> Result<crate::admission::Reviewed, crate::admission::ReviewError>,
 ) -> Response {
     if let Some(ct) = headers.get(header::CONTENT_TYPE) {
         let json = ct
@@ -97,7 +117,7 @@ async fn mutate(
                 .into_response();
         }
     }
-    match admission.handle(&body) {
+    match review() {
         Ok(reviewed) => (
             StatusCode::OK,
             [(header::CONTENT_TYPE, "application/json")],
