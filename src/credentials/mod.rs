@@ -508,6 +508,24 @@ fn user_agent() -> &'static str {
     concat!("pullsecret-injector/", env!("CARGO_PKG_VERSION"))
 }
 
+/// A POST of `body` (of `content_type`) to a token endpoint, asking for JSON.
+fn token_post(
+    endpoint: &str,
+    uri: &Uri,
+    content_type: &'static str,
+    body: String,
+) -> Result<::http::Request<http_body_util::Full<bytes::Bytes>>, CredentialError> {
+    ::http::Request::post(uri.clone())
+        .header(::http::header::CONTENT_TYPE, content_type)
+        .header(::http::header::ACCEPT, "application/json")
+        .header(::http::header::USER_AGENT, user_agent())
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .map_err(|e| CredentialError::Request {
+            endpoint: endpoint.to_string(),
+            problem: format!("building the request: {e}"),
+        })
+}
+
 /// A token service's answer: 2xx with a JSON object carrying a non-empty string `field`.
 /// Returns the parsed JSON (for the expiry fields, which differ per service) and the token;
 /// a non-2xx answer is the service's own error ([`rejection`]).

@@ -11,13 +11,10 @@
 
 use std::path::Path;
 
-use bytes::Bytes;
-use http::{Request, Uri, header};
-use http_body_util::Full;
-use jiff::Timestamp;
-
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use http::Uri;
+use jiff::Timestamp;
 
 use super::http::HttpClient;
 use super::{Credential, CredentialError, Secret, bad_file, read_file, yandex_metadata};
@@ -105,15 +102,7 @@ pub(crate) async fn fetch(
     let token = read_subject_token(&source.token_file, issued_at).await?;
     let body = exchange_form(&source.service_account_id, &token);
     drop(token);
-    let request = Request::post(uri.clone())
-        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-        .header(header::ACCEPT, "application/json")
-        .header(header::USER_AGENT, super::user_agent())
-        .body(Full::new(Bytes::from(body)))
-        .map_err(|e| CredentialError::Request {
-            endpoint: endpoint.to_string(),
-            problem: format!("building the request: {e}"),
-        })?;
+    let request = super::token_post(endpoint, uri, "application/x-www-form-urlencoded", body)?;
     let answer = http.send(endpoint, request).await?;
     yandex_metadata::iam_login(endpoint, &answer, issued_at)
 }

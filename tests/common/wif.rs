@@ -16,7 +16,6 @@
 //! not documented (docs/PROTOCOLS.md).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -157,52 +156,36 @@ struct WifState {
 /// The token exchange stand-in on `127.0.0.1:<random port>` (plain HTTP, loopback only);
 /// stops when dropped.
 pub struct WifStandIn {
-    addr: SocketAddr,
-    state: Arc<Mutex<WifState>>,
-    server: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for WifStandIn {
-    fn drop(&mut self) {
-        self.server.abort();
-    }
+    server: super::LoopbackServer<WifState>,
 }
 
 impl WifStandIn {
     /// Start for `federation`, with no federated credential yet, issuing
     /// `t1.wif-stand-in-token-1` that lives 12 hours.
     pub async fn start(federation: Federation) -> Self {
-        let state = Arc::new(Mutex::new(WifState {
+        let state = WifState {
             federation,
             links: HashMap::new(),
             token: "t1.wif-stand-in-token-1".into(),
             lifetime: Duration::from_secs(12 * 3600),
             exchanges: Vec::new(),
-        }));
-        let app = Router::new()
-            .route(TOKEN_PATH, post(handle))
-            .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("binding a loopback port");
-        let addr = listener.local_addr().expect("local address");
-        let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Self {
-            addr,
-            state,
-            server,
-        }
+        };
+        let server = super::LoopbackServer::start(state, |state| {
+            Router::new()
+                .route(TOKEN_PATH, post(handle))
+                .with_state(state)
+        })
+        .await;
+        Self { server }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, WifState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.server.lock()
     }
 
     /// `http://127.0.0.1:<port>/oauth/token`.
     pub fn endpoint(&self) -> String {
-        format!("http://{}{TOKEN_PATH}", self.addr)
+        format!("http://{}{TOKEN_PATH}", self.server.addr)
     }
 
     /// A federated credential: `subject` may get `service_account_id`'s IAM token.
