@@ -21,11 +21,14 @@
 #      that they reference each other, the Service and the mounted Secret consistently;
 #    - semantic checks: RBAC rules exactly as designed, the Lease the chart owns, the
 #      NetworkPolicy (ingress to the webhook and admin ports only; render-only: no enforcing
-#      CNI here), hostNetwork (node ports), webhook fields, the config file's
-#      namespaceSelector selects the same namespaces as the webhook's, the generated
+#      CNI here), hostNetwork (node ports), webhook fields, one webhook entry per registry
+#      scope whose namespaceSelector selects the same namespaces as the config's selectors
+#      (opt-in AND the registry's), the workload identity token mounted exactly when a
+#      registry uses it, the generated
 #      certificate chains to the caBundle and names the Service, and the rendered config is
 #      accepted by the real binary (`pullsecret-injector explain`), which injects every
-#      registry's Secret into a Pod using that registry's images.
+#      registry's Secret into a Pod using that registry's images, and, for a namespace
+#      labelled for one scope, exactly that scope's and the unscoped ones.
 # 4. A real install and upgrade in url mode (webhook URL on a closed loopback port, an opt-in
 #    label no namespace has; never a Service-backed webhook): the self-signed CA and key are
 #    kept across `helm upgrade`, the config checksum rolls the Deployment, and the chart's RBAC,
@@ -309,32 +312,75 @@ def main():
         check(not nps, "a NetworkPolicy is rendered although networkPolicy.enabled is false")
 
     # --- webhook --------------------------------------------------------------------------
-    wh = mwc["webhooks"]
-    check(len(wh) == 1, "one webhook entry")
-    w = wh[0]
-    check(w["name"] == "pods.pullsecret-injector.io", "webhook name")
-    check(w["rules"] == [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"], "scope": "Namespaced"}], f"rules {w['rules']}")
-    for k, v in {"sideEffects": "None", "timeoutSeconds": 5, "reinvocationPolicy": "IfNeeded",
-                 "admissionReviewVersions": ["v1"], "matchPolicy": "Equivalent"}.items():
-        check(w.get(k) == v, f"webhook {k} = {w.get(k)!r}, want {v!r}")
-    check(w.get("failurePolicy") == ("Fail" if case == "basic" else "Ignore"), "failurePolicy")
-    check("objectSelector" not in w, "objectSelector must not be set")
-    cc = w["clientConfig"]
-    if url:
-        check(cc.get("url") == url and "service" not in cc, f"clientConfig {cc}")
-    else:
-        check(cc.get("service") == {"name": svc["metadata"]["name"], "namespace": ns, "path": "/mutate", "port": 443}
-              and "url" not in cc, f"clientConfig {cc}")
+    # One entry for the registries without a namespaceSelector (if any), and one per distinct
+    # registry selector, named after its first registry, at /mutate/NAME (src/config.rs
+    # Settings::scopes); each entry's namespaceSelector is the config's opt-in selector AND
+    # that registry selector, so the API server sends a Pod exactly where the sync task keeps
+    # those Secrets.
+    def selector(text):
+        """kubectl syntax -> (matchLabels, sorted matchExpressions); the subset the chart renders."""
+        labels, exprs = {}, []
+        for part in re.findall(r"[^,(]+(?:\([^)]*\))?", text):
+            part = part.strip().lstrip(",").strip()
+            if not part:
+                continue
+            if m := re.fullmatch(r"(\S+) (in|notin) \(([^)]*)\)", part):
+                exprs.append((m.group(1), "In" if m.group(2) == "in" else "NotIn", tuple(m.group(3).split(","))))
+            elif m := re.fullmatch(r"([^=!]+)=(.*)", part):
+                labels[m.group(1)] = m.group(2)
+            elif part.startswith("!"):
+                exprs.append((part[1:], "DoesNotExist", ()))
+            else:
+                exprs.append((part, "Exists", ()))
+        return labels, sorted(exprs)
 
-    # The config's selector (kubectl syntax) selects exactly the webhook's namespaces.
-    sel_str = cfg["namespaceSelector"]
-    m = re.fullmatch(r"([^=,!]+)=([^,]*),kubernetes\.io/metadata\.name notin \(([^)]*)\)", sel_str)
-    nsel = w["namespaceSelector"]
-    if check(m, f"config namespaceSelector {sel_str!r}"):
-        check(nsel.get("matchLabels") == {m.group(1): m.group(2)}, f"matchLabels {nsel.get('matchLabels')} vs {sel_str!r}")
-        check(nsel.get("matchExpressions") == [{"key": "kubernetes.io/metadata.name", "operator": "NotIn",
-                                                "values": m.group(3).split(",")}], f"matchExpressions vs {sel_str!r}")
-        check({"kube-system", ns} <= set(m.group(3).split(",")), "kube-system and the release namespace must be excluded")
+    def structured(sel):
+        exprs = [(e["key"], e["operator"], tuple(e.get("values") or ())) for e in sel.get("matchExpressions", [])]
+        return sel.get("matchLabels", {}), sorted(exprs)
+
+    top_labels, top_exprs = selector(cfg["namespaceSelector"])
+    check(len(top_labels) == 1 and top_exprs and top_exprs[0][:2] == ("kubernetes.io/metadata.name", "NotIn")
+          and {"kube-system", ns} <= set(top_exprs[0][2]), f"config namespaceSelector {cfg['namespaceSelector']!r}")
+    want, seen = [], {}
+    if any(not r.get("namespaceSelector") for r in cfg["registries"]):
+        want.append(("pods.pullsecret-injector.io", "", (top_labels, top_exprs)))
+    for r in cfg["registries"]:
+        s = r.get("namespaceSelector")
+        if s and s not in seen:
+            seen[s] = r["name"]
+            labels, exprs = selector(s)
+            want.append((f"{r['name']}.pods.pullsecret-injector.io", f"/{r['name']}", ({**top_labels, **labels}, sorted(top_exprs + exprs))))
+    wh = mwc["webhooks"]
+    check([w["name"] for w in wh] == [n for n, _, _ in want], f"webhook entries {[w['name'] for w in wh]}, want {[n for n, _, _ in want]}")
+    for w, (name, suffix, sel) in zip(wh, want):
+        check(w["rules"] == [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"], "scope": "Namespaced"}], f"{name} rules {w['rules']}")
+        for k, v in {"sideEffects": "None", "timeoutSeconds": 5, "reinvocationPolicy": "IfNeeded",
+                     "admissionReviewVersions": ["v1"], "matchPolicy": "Equivalent"}.items():
+            check(w.get(k) == v, f"webhook {name} {k} = {w.get(k)!r}, want {v!r}")
+        check(w.get("failurePolicy") == ("Fail" if case == "basic" else "Ignore"), f"{name} failurePolicy")
+        check("objectSelector" not in w, "objectSelector must not be set")
+        cc = w["clientConfig"]
+        if url:
+            check(cc.get("url") == url + suffix and "service" not in cc, f"{name} clientConfig {cc}")
+        else:
+            check(cc.get("service") == {"name": svc["metadata"]["name"], "namespace": ns, "path": "/mutate" + suffix, "port": 443}
+                  and "url" not in cc, f"{name} clientConfig {cc}")
+        # The config's selectors (kubectl syntax) select exactly this entry's namespaces.
+        check(structured(w["namespaceSelector"]) == sel, f"{name} namespaceSelector {w['namespaceSelector']} vs the config's {sel}")
+
+    # --- workload identity: the pod's own token, only when a registry uses it -------------------
+    uses_wif = any("yandexWorkloadIdentity" in r["credentials"] for r in cfg["registries"])
+    wif_mount = mounts.get("/var/run/secrets/yandex-wif")
+    if uses_wif:
+        src = (vols.get(wif_mount, {}).get("projected", {}).get("sources") or [{}])[0].get("serviceAccountToken", {})
+        check(src.get("path") == "token" and src.get("audience") and src.get("expirationSeconds", 0) >= 600,
+              f"projected ServiceAccount token {src}")
+        for r in cfg["registries"]:
+            w = r["credentials"].get("yandexWorkloadIdentity")
+            check(w is None or w.get("tokenFile", "/var/run/secrets/yandex-wif/token") == "/var/run/secrets/yandex-wif/token",
+                  f"registry {r['name']} reads a token file the chart does not mount")
+    else:
+        check(wif_mount is None, "a workload identity token is mounted though no registry uses it")
 
     # --- certificates ---------------------------------------------------------------------
     ann = mwc["metadata"].get("annotations", {}) or {}
@@ -409,6 +455,17 @@ def main():
     yaml.safe_dump({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "uses-every-registry"},
                     "spec": {"containers": containers}}, open(f"{out}/explain-pod.yaml", "w"))
     open(f"{out}/expected-secrets", "w").write("\n".join(secrets) + "\n")
+    # Per opt-in namespace labelled for each scope: the Secrets `explain --namespace-labels`
+    # must inject (unscoped registries plus that scope's), one line "LABELS<TAB>SECRETS".
+    with open(f"{out}/scoped-explains", "w") as f:
+        for r in cfg["registries"]:
+            if r.get("namespaceSelector"):
+                labels, exprs = selector(r["namespaceSelector"])
+                labels = {**top_labels, **labels, **{k: v[0] for k, op, v in exprs if op == "In"},
+                          **{k: "" for k, op, _ in exprs if op == "Exists"}}
+                expect = [x["secretName"] for x in cfg["registries"]
+                          if not x.get("namespaceSelector") or x["namespaceSelector"] == r["namespaceSelector"]]
+                f.write(",".join(f"{k}={v}" for k, v in labels.items()) + "\t" + ",".join(expect) + "\n")
     json.dump({"objects": len(docs), "core": len(core), "crd": sorted(f"{d['kind']}/{d['metadata']['name']}" for d in crd),
                "checks_failed": len(ERRORS)}, open(f"{out}/summary.json", "w"))
     if ERRORS:
@@ -485,6 +542,14 @@ refuse "a retired name that is not a Secret name" "/sync/retiredSecretNames/0" -
     --set 'sync.retiredSecretNames={Not_A_Name}'
 refuse "an unknown rbac.admissionPolicy" "/rbac/admissionPolicy" --set credentials.existingSecret=x \
     --set rbac.admissionPolicy=maybe
+refuse "yandexWorkloadIdentity without workloadIdentity.audience" "workloadIdentity.audience is required" \
+    -f "$CHART/ci/wif-scoped-values.yaml" --set workloadIdentity.audience=
+refuse "a registry namespaceSelector written as a string" "registries[1].namespaceSelector: write it as a label selector" \
+    -f "$CHART/ci/wif-scoped-values.yaml" --set 'registries[1].namespaceSelector=team=a'
+refuse "a scoped registry name that cannot be a webhook path" 'registries[1].name: "Team_A"' \
+    -f "$CHART/ci/wif-scoped-values.yaml" --set 'registries[1].name=Team_A'
+refuse "a registry selector contradicting the opt-in label" "conflicts with the opt-in label" \
+    -f "$CHART/ci/wif-scoped-values.yaml" --set 'registries[1].namespaceSelector.matchLabels.pullsecret-injector\.io/inject=no'
 
 # ----------------------------------------------------------------------------------------
 # check_case NAME MODE URL HELM-TEMPLATE-ARGS...
@@ -536,6 +601,13 @@ check_case() {
         grep -q "\"$s\"" <<<"$out" || { printf '%s\n' "$out" | sed 's/^/    /' >&2; die "case $name: explain did not inject $s"; }
     done <"$dir/expected-secrets"
     pass "pullsecret-injector explain: config valid, injects $(paste -sd, "$dir/expected-secrets")"
+    while IFS=$'\t' read -r labels want; do
+        out=$("$BIN" explain --config "$dir/config.yaml" -f "$dir/explain-pod.yaml" --namespace-labels "$labels" 2>&1) ||
+            { printf '%s\n' "$out" | sed 's/^/    /' >&2; die "case $name: explain --namespace-labels $labels failed"; }
+        got=$(sed -n 's/^secrets: //p' <<<"$out" | tr -d '[]"')
+        [[ $got == "$want" ]] || die "case $name: namespace labelled $labels: explain injects '$got', want '$want'"
+        pass "explain --namespace-labels $labels injects exactly $want"
+    done <"$dir/scoped-explains"
 
     if [[ $mode == selfSigned ]]; then
         openssl verify -CAfile "$dir/ca.crt" "$dir/tls.crt" >/dev/null 2>&1 || die "case $name: tls.crt does not chain to ca.crt"
@@ -565,6 +637,8 @@ check_case netpol selfSigned "" -f "$ci/networkpolicy-values.yaml"
 # a Lease of another name; the API server compiles the policy's CEL in the dry run.
 check_case policy selfSigned "" -f "$ci/yandex-values.yaml" --set 'sync.retiredSecretNames={old-pull-secret}' \
     --set sync.leaderElection.leaseName=psi-lease --api-versions admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy
+check_case wif-scoped selfSigned "" -f "$ci/wif-scoped-values.yaml"
+check_case wif-scoped-url selfSigned "https://127.0.0.1:8443/mutate" -f "$ci/wif-scoped-values.yaml" -f "$ci/url-values.yaml"
 
 step "Pod Security check bites"
 "$PY" - "$work/case-yandex/pod.yaml" "$work/weak-pod.yaml" <<'EOF'

@@ -19,12 +19,14 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Instant;
 
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::config::Settings;
 use crate::metrics::{Metrics, Outcome};
 use crate::mutate::{Decision, PodView, plan};
 use crate::registry::Registries;
@@ -274,26 +276,77 @@ pub struct Reviewed {
 }
 
 /// Answers admission reviews; shared by every connection.
+///
+/// `POST /mutate` answers for the registries without a `namespaceSelector`; `POST
+/// /mutate/SCOPE` for the registries of one scope ([`crate::config::Settings::scopes`]). The
+/// webhook never sees a namespace's labels, only its name: the API server chooses which
+/// entry (and so which path) a Pod goes to, by the namespace selector each entry is
+/// registered with, which is the same one the sync task applies.
 #[derive(Debug, Clone)]
 pub struct Admission {
     registries: Registries,
+    scopes: Arc<BTreeMap<String, Registries>>,
     opt_out_annotation: String,
     metrics: Metrics,
 }
 
 impl Admission {
-    /// A handler for these registries.
+    /// A handler for these registries (on `POST /mutate`), without scopes.
     pub fn new(registries: Registries, opt_out_annotation: String, metrics: Metrics) -> Self {
         Self {
             registries,
+            scopes: Arc::default(),
             opt_out_annotation,
             metrics,
         }
     }
 
-    /// Review one request body: count it, time it, and log the decision.
+    /// The handler of a validated config: the unscoped registries on `POST /mutate`, each
+    /// scope on `POST /mutate/SCOPE`.
+    pub fn from_settings(settings: &Settings, metrics: Metrics) -> Self {
+        Self::new(
+            Registries::new(settings.unscoped_entries()),
+            settings.pod_opt_out_annotation.clone(),
+            metrics,
+        )
+        .with_scopes(
+            settings
+                .scopes()
+                .into_iter()
+                .map(|(name, entries)| (name, Registries::new(entries))),
+        )
+    }
+
+    /// The same handler answering `POST /mutate/NAME` with these registries.
+    pub fn with_scopes(mut self, scopes: impl IntoIterator<Item = (String, Registries)>) -> Self {
+        self.scopes = Arc::new(scopes.into_iter().collect());
+        self
+    }
+
+    /// Review one request body for `POST /mutate`: count it, time it, and log the decision.
     pub fn handle(&self, body: &[u8]) -> Result<Reviewed, ReviewError> {
-        self.counted(|| self.review(body))
+        self.handle_with(&self.registries, body)
+    }
+
+    /// Review one request body for `POST /mutate/SCOPE`. A scope the config does not know
+    /// (a webhook registration that does not match the config) injects nothing and is
+    /// logged: never a Secret the sync task does not keep.
+    pub fn handle_scope(&self, scope: &str, body: &[u8]) -> Result<Reviewed, ReviewError> {
+        match self.scopes.get(scope) {
+            Some(registries) => self.handle_with(registries, body),
+            None => {
+                tracing::warn!(
+                    scope,
+                    known = ?self.scopes.keys().collect::<Vec<_>>(),
+                    "webhook called for a scope the config does not have; nothing injected (the MutatingWebhookConfiguration does not match the config)"
+                );
+                self.handle_with(&Registries::default(), body)
+            }
+        }
+    }
+
+    fn handle_with(&self, registries: &Registries, body: &[u8]) -> Result<Reviewed, ReviewError> {
+        self.counted(|| self.review_with(registries, body))
     }
 
     /// Answer a review without decoding its object: only the envelope is read, with every
@@ -332,14 +385,18 @@ impl Admission {
         result
     }
 
-    /// Review one request body without side effects other than logging.
+    /// Review one request body for `POST /mutate` without side effects other than logging.
     pub fn review(&self, body: &[u8]) -> Result<Reviewed, ReviewError> {
+        self.review_with(&self.registries, body)
+    }
+
+    fn review_with(&self, registries: &Registries, body: &[u8]) -> Result<Reviewed, ReviewError> {
         // Fast path: envelope and Pod in one pass, over a body checked to be UTF-8 once up
         // front (`from_str` then does not check every string it reads again).
         if let Ok(text) = std::str::from_utf8(body)
             && let Ok(review) = serde_json::from_str::<ReviewIn<'_, PodView<'_>>>(text)
         {
-            return self.decide(review, Ok);
+            return self.decide(registries, review, Ok);
         }
         // Careful path: the envelope first, the object only if it should be a Pod.
         let mut review: ReviewIn<'_, &RawValue> =
@@ -347,7 +404,7 @@ impl Admission {
         if let Some(request) = review.request.as_mut() {
             request.object = request.object.filter(|o| o.get() != "null");
         }
-        self.decide(review, |object| {
+        self.decide(registries, review, |object| {
             PodView::from_slice(object.get().as_bytes())
         })
     }
@@ -355,6 +412,7 @@ impl Admission {
     /// The answer to a decoded envelope; `pod` reads the object (once, for a Pod CREATE).
     fn decide<'a, O>(
         &self,
+        registries: &Registries,
         review: ReviewIn<'a, O>,
         pod: impl FnOnce(O) -> Result<PodView<'a>, serde_json::Error>,
     ) -> Result<Reviewed, ReviewError> {
@@ -404,7 +462,7 @@ impl Admission {
                 return Ok(self.allow(uid, Outcome::Invalid));
             }
         };
-        let plan = plan(&pod, &self.registries, &self.opt_out_annotation);
+        let plan = plan(&pod, registries, &self.opt_out_annotation);
         if !plan.unparsable_images.is_empty() {
             self.metrics
                 .count_unparsable_images(plan.unparsable_images.len());
@@ -722,6 +780,37 @@ mod tests {
                 String::from_utf8_lossy(body)
             );
         }
+    }
+
+    #[test]
+    fn each_path_injects_only_its_scopes_registries() {
+        let team_a = RegistryEntry::new(
+            "team-a",
+            "team-a-pull",
+            vec![HostPattern::parse("registry.team-a.example").unwrap()],
+        );
+        let a = admission().with_scopes([("team-a".to_string(), Registries::new(vec![team_a]))]);
+        let pod = |images: &[&str]| {
+            let mut v = pod_create(images[0]);
+            v["request"]["object"]["spec"]["containers"] = images
+                .iter()
+                .enumerate()
+                .map(|(i, image)| json!({"name": format!("c{i}"), "image": image}))
+                .collect();
+            serde_json::to_vec(&v).unwrap()
+        };
+        let both = pod(&["cr.yandex/crp/app:1", "registry.team-a.example/app:1"]);
+        let secrets = |r: Result<Reviewed, ReviewError>| r.expect("answered").secrets;
+        assert_eq!(secrets(a.handle(&both)), ["yc-secret"]);
+        assert_eq!(secrets(a.handle_scope("team-a", &both)), ["team-a-pull"]);
+        let unknown = a.handle_scope("team-b", &both).expect("answered");
+        assert_eq!(unknown.outcome, Outcome::Unchanged);
+        let out: Value = serde_json::from_slice(&unknown.body).unwrap();
+        assert_eq!(
+            out["response"],
+            json!({"uid": "705ab4f5-6393-11e8-b7cc-42010a800002", "allowed": true})
+        );
+        assert!(a.handle_scope("team-a", b"not json").is_err());
     }
 
     #[test]

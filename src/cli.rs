@@ -1,5 +1,6 @@
 //! Command line: `run` (see [`crate::run`]), `check`, `explain`, `version`.
 
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -91,6 +92,25 @@ pub struct ExplainArgs {
     /// Pod manifest (YAML or JSON), or `-` for standard input.
     #[arg(short = 'f', long = "filename")]
     pub file: PathBuf,
+    /// Labels of the Pod's namespace (`key=value,key2=value2`, `""` for none): only the
+    /// registries that namespace gets are considered (the opt-in `namespaceSelector` and
+    /// each registry's own). Without it, every registry is considered.
+    #[arg(long, value_name = "LABELS")]
+    pub namespace_labels: Option<String>,
+}
+
+/// `key=value,key2=value2` (empty: no labels).
+fn parse_labels(text: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut labels = BTreeMap::new();
+    for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        crate::labels::validate_key(key)
+            .with_context(|| format!("--namespace-labels: {key:?} is not a label key"))?;
+        crate::labels::validate_label_value(value)
+            .with_context(|| format!("--namespace-labels: {value:?} is not a label value"))?;
+        labels.insert(key.to_string(), value.to_string());
+    }
+    Ok(labels)
 }
 
 /// Run a parsed command line.
@@ -117,7 +137,10 @@ async fn check(config: &Path) -> anyhow::Result<()> {
     let registries = sync::registries(&settings, &http)?;
     let mut failed = Vec::new();
     for r in &registries {
-        let hosts = r.hosts.join(",");
+        let mut hosts = r.hosts.join(",");
+        if let Some(selector) = &r.namespace_selector {
+            hosts.push_str(&format!(" (namespaces {selector})"));
+        }
         match r.provider.fetch().await {
             Ok(c) => {
                 let user = c.username().unwrap_or("(docker config file)");
@@ -178,7 +201,30 @@ fn explain(args: &ExplainArgs) -> anyhow::Result<()> {
     }
     let pod =
         PodView::from_value(&value).with_context(|| format!("{source} is not a valid Pod"))?;
-    let registries = Registries::new(settings.entries());
+    let registries = match args
+        .namespace_labels
+        .as_deref()
+        .map(parse_labels)
+        .transpose()?
+    {
+        None => Registries::new(settings.entries()),
+        Some(labels) if !settings.namespace_selector.matches(&labels) => {
+            println!(
+                "# the namespace is not opted in (namespaceSelector {}): the webhook is not called",
+                settings.namespace_selector
+            );
+            println!("secrets: []\npatch: []");
+            return Ok(());
+        }
+        Some(labels) => Registries::new(
+            settings
+                .registries
+                .iter()
+                .filter(|r| settings.registry_applies(r, &labels))
+                .map(|r| r.entry.clone())
+                .collect(),
+        ),
+    };
     let p = plan(&pod, &registries, &settings.pod_opt_out_annotation);
     for image in &p.unparsable_images {
         println!("# image {image:?} is not a valid reference; it matches no registry");

@@ -4,6 +4,7 @@
 //! collects every problem at once, each naming the field path and the bad value, so that a
 //! platform engineer fixes a broken file in one round trip.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -19,6 +20,11 @@ mod limits;
 
 /// Default Yandex Cloud IAM token endpoint.
 pub const DEFAULT_IAM_ENDPOINT: &str = "https://iam.api.cloud.yandex.net/iam/v1/tokens";
+/// Default token exchange endpoint of Yandex Cloud workload identity federations.
+pub const DEFAULT_WIF_ENDPOINT: &str = "https://auth.yandex.cloud/oauth/token";
+/// Where the Helm chart mounts the injector's projected ServiceAccount token for
+/// `yandexWorkloadIdentity` (the default `tokenFile`).
+pub const DEFAULT_WIF_TOKEN_FILE: &str = "/var/run/secrets/yandex-wif/token";
 /// Default Yandex Cloud VM metadata token endpoint.
 pub const DEFAULT_METADATA_ENDPOINT: &str =
     "http://169.254.169.254/computeMetadata/v1/instance/service-accounts/default/token";
@@ -260,6 +266,10 @@ pub struct RegistryConfig {
     pub hosts: Vec<String>,
     /// Name of the managed Secret in every opted-in namespace.
     pub secret_name: String,
+    /// Optional label selector (kubectl syntax): only opted-in namespaces that ALSO match it
+    /// get this registry's Secret and injection. Empty: every opted-in namespace.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub namespace_selector: String,
     /// Where the credentials come from: every source the file names, in file order
     /// (validation requires exactly one, so that the message can list what was found).
     pub credentials: CredentialSources,
@@ -271,6 +281,9 @@ pub struct RegistryConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum CredentialSource {
+    /// IAM tokens for a service account linked to a workload identity federation, exchanged
+    /// for the injector's own projected ServiceAccount token: no key anywhere.
+    YandexWorkloadIdentity(YandexWorkloadIdentity),
     /// IAM tokens minted from a service-account authorized key.
     YandexAuthorizedKey(YandexAuthorizedKey),
     /// IAM tokens from the VM metadata service.
@@ -285,6 +298,7 @@ pub enum CredentialSource {
 
 /// The config keys of [`CredentialSource`], in the order messages list them.
 pub const CREDENTIAL_SOURCES: &[&str] = &[
+    "yandexWorkloadIdentity",
     "yandexAuthorizedKey",
     "yandexMetadata",
     "yandexJsonKey",
@@ -296,6 +310,7 @@ impl CredentialSource {
     /// The config key of this source, for messages.
     pub fn kind(&self) -> &'static str {
         match self {
+            Self::YandexWorkloadIdentity(_) => "yandexWorkloadIdentity",
             Self::YandexAuthorizedKey(_) => "yandexAuthorizedKey",
             Self::YandexMetadata(_) => "yandexMetadata",
             Self::YandexJsonKey(_) => "yandexJsonKey",
@@ -319,6 +334,12 @@ impl CredentialSource {
             }
         };
         match self {
+            Self::YandexWorkloadIdentity(w) => {
+                check_service_account_id(&w.service_account_id)
+                    .map_err(|m| field("serviceAccountId", m))?;
+                file("tokenFile", &w.token_file)?;
+                check_endpoint(&w.endpoint, false).map_err(|m| field("endpoint", m))
+            }
             Self::YandexAuthorizedKey(k) => {
                 file("file", &k.file)?;
                 check_endpoint(&k.endpoint, false).map_err(|m| field("endpoint", m))
@@ -389,6 +410,9 @@ impl Serialize for CredentialSources {
         let mut map = s.serialize_map(Some(self.0.len()))?;
         for source in &self.0 {
             match source {
+                CredentialSource::YandexWorkloadIdentity(v) => {
+                    map.serialize_entry(source.kind(), v)
+                }
                 CredentialSource::YandexAuthorizedKey(v) => map.serialize_entry(source.kind(), v),
                 CredentialSource::YandexMetadata(v) => map.serialize_entry(source.kind(), v),
                 CredentialSource::YandexJsonKey(v) | CredentialSource::DockerConfig(v) => {
@@ -425,6 +449,21 @@ impl<'de, A: serde::de::MapAccess<'de>> serde::de::MapAccess<'de> for OneEntry<'
     ) -> Result<V::Value, A::Error> {
         self.map.next_value_seed(seed)
     }
+}
+
+/// `credentials.yandexWorkloadIdentity`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct YandexWorkloadIdentity {
+    /// The Yandex Cloud service account linked to the federation (sent as `audience`).
+    pub service_account_id: String,
+    /// The injector's own ServiceAccount token (a projected volume with the federation's
+    /// audience); read for every exchange, since kubelet rotates it.
+    #[serde(default = "default_wif_token_file")]
+    pub token_file: PathBuf,
+    /// Token exchange endpoint.
+    #[serde(default = "default_wif_endpoint")]
+    pub endpoint: String,
 }
 
 /// `credentials.yandexAuthorizedKey`.
@@ -470,6 +509,8 @@ pub struct Basic {
 pub struct Registry {
     /// Name, secret name and parsed host patterns.
     pub entry: RegistryEntry,
+    /// `namespaceSelector`, parsed; `None` when every opted-in namespace gets it.
+    pub namespace_selector: Option<LabelSelector>,
     /// Where its credentials come from.
     pub credentials: CredentialSource,
 }
@@ -765,13 +806,50 @@ fn check_registry(
             Err(e) => err(&format!("{p}.hosts[{k}]"), e.to_string()),
         }
     }
+    let namespace_selector = check_registry_selector(&p, r, err);
     let credentials = validate_credentials(&r.credentials, &format!("{p}.credentials"))
         .map_err(|e| err(&e.path, e.message))
         .ok();
-    credentials.map(|credentials| Registry {
-        entry: RegistryEntry::new(r.name.clone(), r.secret_name.clone(), hosts),
-        credentials,
-    })
+    match (credentials, namespace_selector) {
+        (Some(credentials), Some(namespace_selector)) => Some(Registry {
+            entry: RegistryEntry::new(r.name.clone(), r.secret_name.clone(), hosts),
+            namespace_selector,
+            credentials,
+        }),
+        _ => None,
+    }
+}
+
+/// `registries[i].namespaceSelector`, parsed (`Some(None)` when empty); `None` on a problem.
+/// A scoped registry's name is also its webhook path (`/mutate/NAME`), whose segments the
+/// API server only accepts as DNS subdomains.
+fn check_registry_selector(
+    p: &str,
+    r: &RegistryConfig,
+    err: &mut impl FnMut(&str, String),
+) -> Option<Option<LabelSelector>> {
+    if r.namespace_selector.trim().is_empty() {
+        return Some(None);
+    }
+    let selector = LabelSelector::parse(&r.namespace_selector)
+        .map_err(|e| {
+            err(
+                &format!("{p}.namespaceSelector"),
+                format!("{:?} is not a label selector: {e}", r.namespace_selector),
+            )
+        })
+        .ok();
+    if !r.name.is_empty() && crate::labels::validate_dns_subdomain(&r.name).is_err() {
+        err(
+            &format!("{p}.name"),
+            format!(
+                "{:?}: a registry with a namespaceSelector is served at the webhook path /mutate/NAME, so its name must be lowercase letters, digits, '-' and '.'",
+                r.name
+            ),
+        );
+        return None;
+    }
+    selector.map(Some)
 }
 
 impl Settings {
@@ -800,6 +878,45 @@ impl Settings {
     pub fn entries(&self) -> Vec<RegistryEntry> {
         self.registries.iter().map(|r| r.entry.clone()).collect()
     }
+
+    /// The registries without a `namespaceSelector`: what `POST /mutate` injects.
+    pub fn unscoped_entries(&self) -> Vec<RegistryEntry> {
+        self.registries
+            .iter()
+            .filter(|r| r.namespace_selector.is_none())
+            .map(|r| r.entry.clone())
+            .collect()
+    }
+
+    /// The webhook scopes: for every registry with a `namespaceSelector`, its name and the
+    /// entries of every registry with an equal selector, in config order. `POST
+    /// /mutate/NAME` injects exactly these: the webhook entry that calls that path is
+    /// registered with the same selector (and the opt-in one), so the API server only sends
+    /// Pods of namespaces that the sync task also gives these Secrets.
+    pub fn scopes(&self) -> Vec<(String, Vec<RegistryEntry>)> {
+        self.registries
+            .iter()
+            .filter_map(|r| {
+                let selector = r.namespace_selector.as_ref()?;
+                let entries = self
+                    .registries
+                    .iter()
+                    .filter(|o| o.namespace_selector.as_ref() == Some(selector))
+                    .map(|o| o.entry.clone())
+                    .collect();
+                Some((r.entry.name().to_string(), entries))
+            })
+            .collect()
+    }
+
+    /// Whether a namespace with these labels gets registry `r`'s Secret and injection: it
+    /// matches the opt-in selector and the registry's own, if any.
+    pub fn registry_applies(&self, r: &Registry, labels: &BTreeMap<String, String>) -> bool {
+        self.namespace_selector.matches(labels)
+            && r.namespace_selector
+                .as_ref()
+                .is_none_or(|s| s.matches(labels))
+    }
 }
 
 /// Exactly one source, and its values checked.
@@ -824,6 +941,18 @@ fn validate_credentials(
     };
     source.check(&format!("{path}.{}", source.kind()))?;
     Ok(source.clone())
+}
+
+/// A Yandex Cloud service account id: letters and digits only (e.g. `ajeq2v3pl6bu8jqnvvaa`),
+/// so that a service account NAME pasted by mistake is caught here.
+fn check_service_account_id(id: &str) -> Result<(), String> {
+    if !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{id:?} is not a service account id (letters and digits, e.g. \"ajeq2v3pl6bu8jqnvvaa\"; `yc iam service-account get NAME --format json | jq -r .id` prints it)"
+        ))
+    }
 }
 
 /// Endpoints are `https://`; `http://` only to loopback (local stand-ins) and, for the
@@ -931,6 +1060,12 @@ fn default_iam_endpoint() -> String {
 }
 fn default_metadata_endpoint() -> String {
     DEFAULT_METADATA_ENDPOINT.into()
+}
+fn default_wif_endpoint() -> String {
+    DEFAULT_WIF_ENDPOINT.into()
+}
+fn default_wif_token_file() -> PathBuf {
+    DEFAULT_WIF_TOKEN_FILE.into()
 }
 
 #[cfg(test)]
@@ -1169,7 +1304,7 @@ registries:
         };
         let e = load(&with("vault: { path: x }")).unwrap_err().to_string();
         assert!(
-            e.contains("unknown field `vault`, expected one of `yandexAuthorizedKey`"),
+            e.contains("unknown field `vault`, expected one of `yandexWorkloadIdentity`, `yandexAuthorizedKey`"),
             "{e}"
         );
         let e = load(&with("basic: { username: u, passwrdFile: /p }"))
@@ -1196,6 +1331,154 @@ registries:
             invalid(&with("yandexJsonKey: { file: \"\" }")),
             vec!["registries[0].credentials.yandexJsonKey.file: must not be empty"]
         );
+    }
+
+    #[test]
+    fn workload_identity_gets_the_chart_token_file_and_the_documented_endpoint() {
+        let text = MINIMAL.replace(
+            "yandexAuthorizedKey: { file: /creds/key.json }",
+            "yandexWorkloadIdentity: { serviceAccountId: ajeq2v3pl6bu8jqnvvaa }",
+        );
+        let s = load(&text).expect("valid");
+        assert_eq!(
+            s.registries[0].credentials,
+            CredentialSource::YandexWorkloadIdentity(YandexWorkloadIdentity {
+                service_account_id: "ajeq2v3pl6bu8jqnvvaa".into(),
+                token_file: DEFAULT_WIF_TOKEN_FILE.into(),
+                endpoint: "https://auth.yandex.cloud/oauth/token".into(),
+            })
+        );
+        assert_eq!(CREDENTIAL_SOURCES[0], "yandexWorkloadIdentity");
+        let config = Config::from_yaml(&text).unwrap();
+        let again = Config::from_yaml(&serde_norway::to_string(&config).unwrap()).unwrap();
+        assert_eq!(
+            again.registries[0].credentials,
+            config.registries[0].credentials
+        );
+    }
+
+    #[test]
+    fn workload_identity_problems_name_the_field() {
+        let with = |source: &str| {
+            MINIMAL.replace("yandexAuthorizedKey: { file: /creds/key.json }", source)
+        };
+        let e = load(&with("yandexWorkloadIdentity: {}"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("missing field `serviceAccountId`"), "{e}");
+        for (source, want) in [
+            (
+                "yandexWorkloadIdentity: { serviceAccountId: registry-puller }",
+                r#"registries[0].credentials.yandexWorkloadIdentity.serviceAccountId: "registry-puller" is not a service account id"#,
+            ),
+            (
+                "yandexWorkloadIdentity: { serviceAccountId: \"\" }",
+                r#"registries[0].credentials.yandexWorkloadIdentity.serviceAccountId: "" is not a service account id"#,
+            ),
+            (
+                "yandexWorkloadIdentity: { serviceAccountId: aje1, tokenFile: \"\" }",
+                "registries[0].credentials.yandexWorkloadIdentity.tokenFile: must not be empty",
+            ),
+            (
+                "yandexWorkloadIdentity: { serviceAccountId: aje1, endpoint: \"http://auth.yandex.cloud/oauth/token\" }",
+                r#"registries[0].credentials.yandexWorkloadIdentity.endpoint: "http://auth.yandex.cloud/oauth/token": plain http:// is allowed only for loopback addresses"#,
+            ),
+        ] {
+            let errs = invalid(&with(source));
+            assert!(
+                errs.len() == 1 && errs[0].starts_with(want),
+                "{source}: {errs:?}"
+            );
+        }
+        assert!(load(&with(
+            "yandexWorkloadIdentity: { serviceAccountId: aje1, endpoint: \"http://127.0.0.1:9/oauth/token\" }"
+        ))
+        .is_ok());
+    }
+
+    const SCOPED: &str = r#"
+namespaceSelector: "psi/inject=on"
+registries:
+  - { name: shared, hosts: [cr.yandex], secretName: s0, credentials: { basic: { username: u, passwordFile: /p } } }
+  - { name: team-a, hosts: [a.io], secretName: sa, namespaceSelector: "team=a", credentials: { basic: { username: u, passwordFile: /p } } }
+  - { name: team-b, hosts: [b.io], secretName: sb, namespaceSelector: "team in (b)", credentials: { basic: { username: u, passwordFile: /p } } }
+  - { name: team-a2, hosts: [a2.io], secretName: sa2, namespaceSelector: "team = a", credentials: { basic: { username: u, passwordFile: /p } } }
+  - { name: empty, hosts: [e.io], secretName: se, namespaceSelector: "", credentials: { basic: { username: u, passwordFile: /p } } }
+"#;
+
+    #[test]
+    fn registries_with_equal_selectors_share_a_scope_and_unscoped_ones_go_to_mutate() {
+        let s = load(SCOPED).expect("valid");
+        let names = |entries: &[RegistryEntry]| -> Vec<String> {
+            entries.iter().map(|e| e.name().to_string()).collect()
+        };
+        assert_eq!(names(&s.unscoped_entries()), ["shared", "empty"]);
+        let scopes: Vec<(String, Vec<String>)> = s
+            .scopes()
+            .into_iter()
+            .map(|(scope, entries)| (scope, names(&entries)))
+            .collect();
+        assert_eq!(
+            scopes,
+            [
+                (
+                    "team-a".to_string(),
+                    vec!["team-a".to_string(), "team-a2".to_string()]
+                ),
+                ("team-b".to_string(), vec!["team-b".to_string()]),
+                (
+                    "team-a2".to_string(),
+                    vec!["team-a".to_string(), "team-a2".to_string()]
+                ),
+            ]
+        );
+        let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let applies = |pairs: &[(&str, &str)]| -> Vec<&str> {
+            s.registries
+                .iter()
+                .filter(|r| s.registry_applies(r, &labels(pairs)))
+                .map(|r| r.entry.name())
+                .collect()
+        };
+        assert_eq!(
+            applies(&[("psi/inject", "on"), ("team", "a")]),
+            ["shared", "team-a", "team-a2", "empty"]
+        );
+        assert_eq!(
+            applies(&[("psi/inject", "on"), ("team", "b")]),
+            ["shared", "team-b", "empty"]
+        );
+        assert_eq!(applies(&[("psi/inject", "on")]), ["shared", "empty"]);
+        assert_eq!(
+            applies(&[("team", "a")]),
+            Vec::<&str>::new(),
+            "not opted in"
+        );
+    }
+
+    #[test]
+    fn registry_selector_problems_name_the_field() {
+        let errs = invalid(&SCOPED.replace("\"team in (b)\"", "\"team in b\""));
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].starts_with(
+                r#"registries[2].namespaceSelector: "team in b" is not a label selector"#
+            ),
+            "{errs:?}"
+        );
+        let errs = invalid(&SCOPED.replace("name: team-a,", "name: Team_A,"));
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].starts_with(r#"registries[1].name: "Team_A": a registry with a namespaceSelector is served at the webhook path /mutate/NAME"#),
+            "{errs:?}"
+        );
+        // Unscoped registries keep the wider name rules.
+        assert!(load(&SCOPED.replace("name: shared,", "name: Shared_1,")).is_ok());
     }
 
     #[test]

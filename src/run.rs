@@ -28,7 +28,6 @@ use crate::config::Settings;
 use crate::credentials::{HttpClient, HttpOptions};
 use crate::health::{Health, Webhook};
 use crate::metrics::Metrics;
-use crate::registry::Registries;
 use crate::server::{self, AdminState, BodyLimits, Limits};
 use crate::sync::leader::{self, LeaderConfig, LeaderElector};
 use crate::sync::refresh::RefreshTiming;
@@ -249,11 +248,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         async move { Ok(server::serve_admin(admin_listener, admin, limits, stop).await?) }
     });
     if let Some(webhook) = webhook {
-        let admission = Admission::new(
-            Registries::new(settings.entries()),
-            settings.pod_opt_out_annotation.clone(),
-            metrics.clone(),
-        );
+        let admission = Admission::from_settings(&settings, metrics.clone());
         webhook.spawn(
             &mut tasks,
             admission,

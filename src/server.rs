@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Request, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -160,7 +160,8 @@ impl Default for BodyLimits {
     }
 }
 
-/// The webhook's routes: `POST /mutate`, with the default [`BodyLimits`].
+/// The webhook's routes (`POST /mutate` and, for registries scoped by namespace,
+/// `POST /mutate/SCOPE`), with the default [`BodyLimits`].
 pub fn webhook_router(admission: Arc<Admission>) -> Router {
     webhook_router_with(admission, BodyLimits::default())
 }
@@ -171,6 +172,7 @@ pub fn webhook_router_with(admission: Arc<Admission>, limits: BodyLimits) -> Rou
     let budget = body::Budget::new(limits.max_buffered_bytes);
     Router::new()
         .route("/mutate", post(mutate))
+        .route("/mutate/{scope}", post(mutate_scope))
         .with_state(Arc::new(Webhook {
             admission,
             limits,
@@ -189,6 +191,20 @@ struct Webhook {
 const DECODE_ON_BLOCKING_POOL: usize = 256 * 1024;
 
 async fn mutate(State(webhook): State<Arc<Webhook>>, request: Request) -> Response {
+    review(webhook, None, request).await
+}
+
+async fn mutate_scope(
+    State(webhook): State<Arc<Webhook>>,
+    Path(scope): Path<String>,
+    request: Request,
+) -> Response {
+    review(webhook, Some(scope), request).await
+}
+
+/// 415 for a body that is not JSON, 413/503/408 for one that does not fit the limits, else the
+/// review's answer (400 for a body that is not an AdmissionReview).
+async fn review(webhook: Arc<Webhook>, scope: Option<String>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     if let Some(ct) = parts.headers.get(header::CONTENT_TYPE) {
         let json = ct
@@ -251,9 +267,10 @@ async fn mutate(State(webhook): State<Arc<Webhook>>, request: Request) -> Respon
     } = received;
     let bytes_len = bytes.len();
     let admission = webhook.admission.clone();
-    let decode = move || match too_costly {
-        None => admission.handle(&bytes),
-        Some(longest) => admission.handle_undecoded(&bytes, longest),
+    let decode = move || match (too_costly, scope) {
+        (None, None) => admission.handle(&bytes),
+        (None, Some(scope)) => admission.handle_scope(&scope, &bytes),
+        (Some(longest), _) => admission.handle_undecoded(&bytes, longest),
     };
     let answer = if bytes_len >= DECODE_ON_BLOCKING_POOL {
         match tokio::task::spawn_blocking(decode).await {

@@ -9,9 +9,11 @@ use std::time::{Duration, Instant};
 use common::iam::{IamStandIn, Mode, TestKey};
 use common::metadata::{self, MetadataStandIn};
 use common::proxy::ConnectProxy;
+use common::wif::{TestIssuer, WifStandIn};
 use jiff::{SignedDuration, Timestamp};
 use pullsecret_injector::config::{
     Basic, CredentialSource, FileSource, YandexAuthorizedKey, YandexMetadata,
+    YandexWorkloadIdentity,
 };
 use pullsecret_injector::credentials::{
     Credential, CredentialData, CredentialError, HttpClient, HttpOptions, Provider, Proxy,
@@ -928,6 +930,198 @@ async fn metadata_errors_are_clear() {
     let e = provider.fetch().await.unwrap_err().to_string();
     assert!(start.elapsed() < Duration::from_secs(3));
     assert!(e.ends_with("no complete answer within 300ms"), "{e}");
+}
+
+// ---- workload identity federation ----
+
+const SA_ID: &str = "ajeq2v3pl6bu8jqnvvaa";
+const SUBJECT: &str = "system:serviceaccount:psi:pullsecret-injector";
+const AUDIENCE: &str = "https://storage.yandexcloud.net/mk8s-oidc/v1/clusters/test";
+
+fn wif_provider(token_file: &Path, endpoint: &str) -> Provider {
+    Provider::new(
+        &CredentialSource::YandexWorkloadIdentity(YandexWorkloadIdentity {
+            service_account_id: SA_ID.into(),
+            token_file: token_file.to_path_buf(),
+            endpoint: endpoint.into(),
+        }),
+        &client(),
+    )
+    .expect("provider")
+}
+
+/// An issuer, a stand-in trusting it for AUDIENCE with SUBJECT linked to SA_ID, and a token
+/// file holding a good token.
+async fn wif_setup() -> (TestIssuer, WifStandIn, tempfile::TempDir, PathBuf) {
+    let issuer = TestIssuer::new("https://kubernetes.default.svc");
+    let wif = WifStandIn::start(issuer.federation(AUDIENCE)).await;
+    wif.link(SA_ID, SUBJECT);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(
+        &file,
+        issuer.token(SUBJECT, AUDIENCE, 600, serde_json::json!({})),
+    )
+    .unwrap();
+    (issuer, wif, dir, file)
+}
+
+#[tokio::test]
+async fn workload_identity_sends_the_documented_form_and_gets_an_iam_login() {
+    let (_issuer, wif, _dir, file) = wif_setup().await;
+    let provider = wif_provider(&file, &wif.endpoint());
+    assert_eq!(provider.kind(), "yandexWorkloadIdentity");
+    assert!(
+        provider.files().is_empty(),
+        "kubelet's rotation is no reason to refresh"
+    );
+    let before = Timestamp::now();
+    let cred = provider.fetch().await.expect("token");
+    assert_eq!(wif.rejections(), Vec::<String>::new());
+    assert_eq!(cred.username(), Some("iam"));
+    assert_eq!(cred.password().unwrap().expose(), "t1.wif-stand-in-token-1");
+    assert_close(
+        cred.expires_at().unwrap(),
+        before + SignedDuration::from_hours(12),
+        5,
+    );
+    let [exchange] = &wif.exchanges()[..] else {
+        panic!("one exchange: {:?}", wif.exchanges())
+    };
+    let token = std::fs::read_to_string(&file).unwrap();
+    let want: std::collections::BTreeMap<String, String> = [
+        (
+            "grant_type",
+            "urn:ietf:params:oauth:grant-type:token-exchange",
+        ),
+        (
+            "requested_token_type",
+            "urn:ietf:params:oauth:token-type:access_token",
+        ),
+        ("audience", SA_ID),
+        ("subject_token", token.as_str()),
+        (
+            "subject_token_type",
+            "urn:ietf:params:oauth:token-type:id_token",
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    assert_eq!(exchange.form, want);
+    let data = cred.secret_data(&["cr.yandex", "registry.yandexcloud.net"]);
+    let parsed = dockerconfig::parse(data.expose()).unwrap();
+    assert_eq!(parsed.auths.len(), 2);
+    assert_eq!(parsed.auths["registry.yandexcloud.net"].username, "iam");
+}
+
+#[tokio::test]
+async fn workload_identity_reads_the_token_file_for_every_exchange() {
+    let (issuer, wif, _dir, file) = wif_setup().await;
+    let provider = wif_provider(&file, &wif.endpoint());
+    provider.fetch().await.expect("first token");
+    // kubelet rotates the projected token: the next exchange sends the new one.
+    let rotated = issuer.token(SUBJECT, AUDIENCE, 600, serde_json::json!({"jti": "second"}));
+    std::fs::write(&file, format!("{rotated}\n")).unwrap();
+    wif.set_token("t1.wif-stand-in-token-2");
+    let cred = provider.fetch().await.expect("second token");
+    assert_eq!(cred.password().unwrap().expose(), "t1.wif-stand-in-token-2");
+    let sent: Vec<String> = wif
+        .exchanges()
+        .iter()
+        .map(|e| e.form["subject_token"].clone())
+        .collect();
+    assert_eq!(sent.len(), 2);
+    assert_eq!(sent[1], rotated);
+    assert_ne!(sent[0], sent[1]);
+}
+
+#[tokio::test]
+async fn workload_identity_refusals_carry_the_oauth_error_and_description() {
+    let (issuer, wif, _dir, file) = wif_setup().await;
+    let provider = wif_provider(&file, &wif.endpoint());
+    for (token, want) in [
+        (
+            issuer.token(
+                "system:serviceaccount:psi:default",
+                AUDIENCE,
+                600,
+                serde_json::json!({}),
+            ),
+            "answered HTTP 400 Bad Request: invalid_target: no federated credential links subject system:serviceaccount:psi:default to service account ajeq2v3pl6bu8jqnvvaa",
+        ),
+        (
+            issuer.token(
+                SUBJECT,
+                "https://kubernetes.default.svc",
+                600,
+                serde_json::json!({}),
+            ),
+            "answered HTTP 400 Bad Request: invalid_request: subject_token: aud [\"https://kubernetes.default.svc\"] holds none of the federation's audiences",
+        ),
+        (
+            TestIssuer::new("https://other.example").token(
+                SUBJECT,
+                AUDIENCE,
+                600,
+                serde_json::json!({}),
+            ),
+            "invalid_request: subject_token: iss \"https://other.example\" is not the federation's issuer",
+        ),
+    ] {
+        std::fs::write(&file, &token).unwrap();
+        let e = provider.fetch().await.unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.starts_with(&wif.endpoint()) && text.contains(want),
+            "{text}"
+        );
+        assert!(!e.is_transient(), "{text}");
+        assert!(
+            !text.contains(&token),
+            "the subject token is never quoted: {text}"
+        );
+    }
+    assert_eq!(wif.issued(), 0);
+    // A token whose claims were changed after it was signed is refused.
+    let mut forged: Vec<String> = issuer
+        .token(SUBJECT, AUDIENCE, 600, serde_json::json!({}))
+        .split('.')
+        .map(str::to_string)
+        .collect();
+    forged[1] = issuer
+        .token(SA_ID, AUDIENCE, 600, serde_json::json!({}))
+        .split('.')
+        .nth(1)
+        .unwrap()
+        .to_string();
+    std::fs::write(&file, forged.join(".")).unwrap();
+    let e = provider.fetch().await.unwrap_err().to_string();
+    assert!(e.contains("signature verification failed"), "{e}");
+}
+
+#[tokio::test]
+async fn workload_identity_token_file_problems_are_found_before_anything_is_sent() {
+    let (issuer, wif, dir, file) = wif_setup().await;
+    let provider = wif_provider(&file, &wif.endpoint());
+    std::fs::write(
+        &file,
+        issuer.token(SUBJECT, AUDIENCE, -30, serde_json::json!({})),
+    )
+    .unwrap();
+    let e = provider.fetch().await.unwrap_err().to_string();
+    assert!(
+        e.starts_with(&format!(
+            "ServiceAccount token file {}: the token expired at",
+            file.display()
+        )),
+        "{e}"
+    );
+    assert_eq!(provider.validate().await.unwrap_err().to_string(), e);
+    let missing = wif_provider(&dir.path().join("absent"), &wif.endpoint());
+    let e = missing.fetch().await.unwrap_err().to_string();
+    assert!(e.starts_with("reading ServiceAccount token file"), "{e}");
+    assert!(wif.exchanges().is_empty(), "nothing was sent");
 }
 
 // ---- static sources ----

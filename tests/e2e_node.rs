@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use cluster::Injector;
 use common::iam::{Mode, TestKey};
+use common::wif::{Federation, WifStandIn, allow_anonymous_discovery};
 use fixture::{RegistryConfig, Release, SECRET, YANDEX_HOSTS};
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
@@ -461,6 +462,64 @@ async fn static_json_key_pulls_as_user_json_key() {
     fx.assert_pulled_first_time(&ns, "app").await;
     assert_eq!(fx.iam.calls(), 0, "json_key mode never calls IAM");
     report(&format!("yandexJsonKey: Pod Running {running:.1?}"));
+    fx.finish().await;
+}
+
+#[tokio::test]
+#[ignore = "needs the local control plane and node: run scripts/test.sh"]
+async fn pods_pull_with_an_iam_token_from_workload_identity_without_any_key() {
+    let fx = Fixture::new("wif").await;
+    // The federation trusts this cluster: the stand-in verifies the injector's own token
+    // with the API server's discovery document and JWKS, and knows the chart's
+    // ServiceAccount as the subject linked to the Yandex service account.
+    const AUDIENCE: &str = "https://storage.yandexcloud.net/mk8s-oidc/v1/clusters/node-e2e";
+    const SA_ID: &str = "ajenodee2ewif0000000";
+    let cp = cluster::ControlPlane::shared();
+    allow_anonymous_discovery(&fx.client).await;
+    let ca = std::fs::read(&cp.ca).expect("the API server's CA");
+    let wif = WifStandIn::start(Federation::of_cluster(&cp.server, &ca, AUDIENCE).await).await;
+    let chart_sa = fx.service_account().await;
+    wif.link(
+        SA_ID,
+        &format!("system:serviceaccount:{}:{chart_sa}", fx.release_ns),
+    );
+    // What the chart's projected volume holds: a 10-minute token for the federation.
+    let token_file = fx.dir.path().join("wif-token");
+    std::fs::write(
+        &token_file,
+        fx.token_request(&chart_sa, AUDIENCE, 600).await,
+    )
+    .unwrap();
+    let token = format!("t1.{}-wif", fx.id);
+    fx.node.accept_only(&[("iam", &token)]).await;
+    wif.set_token(&token);
+    let registry = fixture::registry(
+        "yandex",
+        &YANDEX_HOSTS,
+        SECRET,
+        fixture::workload_identity(SA_ID, &token_file, &wif.endpoint()),
+    );
+    let _injector = fx.start("1h", registry).await;
+
+    let t0 = Instant::now();
+    let ns = fx.namespace("a", true).await;
+    fx.wait_for_password(&ns, &token, Duration::from_secs(20))
+        .await;
+    for (name, host) in [("cr", YANDEX_HOSTS[0]), ("cloud", YANDEX_HOSTS[1])] {
+        fx.create_pod(&ns, name, host).await;
+    }
+    for name in ["cr", "cloud"] {
+        fx.running(&ns, name).await;
+    }
+    let total = t0.elapsed();
+    for name in ["cr", "cloud"] {
+        fx.assert_pulled_first_time(&ns, name).await;
+    }
+    assert_eq!(wif.issued(), 1);
+    assert_eq!(fx.iam.calls(), 0, "no authorized key anywhere");
+    report(&format!(
+        "workload identity: namespace labelled -> both Pods Running {total:.1?}"
+    ));
     fx.finish().await;
 }
 

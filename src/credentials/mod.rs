@@ -16,6 +16,7 @@ mod secret;
 mod static_;
 mod yandex_key;
 mod yandex_metadata;
+mod yandex_wif;
 
 use std::fmt;
 use std::io;
@@ -35,6 +36,7 @@ use crate::registry::HostPattern;
 pub use self::http::{HttpClient, HttpOptions, MAX_BODY_BYTES, Proxy};
 pub use self::secret::{Secret, SecretBytes};
 pub use self::yandex_key::{IAM_AUDIENCE, JWT_LIFETIME};
+pub use self::yandex_wif::{GRANT_TYPE, REQUESTED_TOKEN_TYPE, SUBJECT_TOKEN_TYPE};
 
 /// Largest credential file read (key files and passwords are a few KiB at most).
 pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
@@ -352,6 +354,7 @@ impl Provider {
     /// Fails only on an endpoint [`check_endpoint`] refuses; files are read by `fetch`.
     pub fn new(source: &CredentialSource, http: &HttpClient) -> Result<Self, CredentialError> {
         match source {
+            CredentialSource::YandexWorkloadIdentity(w) => drop(endpoint_uri(&w.endpoint, false)?),
             CredentialSource::YandexAuthorizedKey(k) => drop(endpoint_uri(&k.endpoint, false)?),
             CredentialSource::YandexMetadata(m) => drop(endpoint_uri(&m.endpoint, true)?),
             CredentialSource::YandexJsonKey(_)
@@ -379,9 +382,12 @@ impl Provider {
         self.source.kind()
     }
 
-    /// The files `fetch` reads, to watch for rotation.
+    /// The files `fetch` reads, to watch for rotation. Not the workload identity token:
+    /// kubelet rotates it long before it expires, and the IAM token it was exchanged for
+    /// stays valid, so its rotation is no reason to refresh (it is read for every exchange).
     pub fn files(&self) -> Vec<PathBuf> {
         match &self.source {
+            CredentialSource::YandexWorkloadIdentity(_) => Vec::new(),
             CredentialSource::YandexAuthorizedKey(k) => vec![k.file.clone()],
             CredentialSource::YandexJsonKey(f) | CredentialSource::DockerConfig(f) => {
                 vec![f.file.clone()]
@@ -393,11 +399,15 @@ impl Provider {
 
     /// Read and parse the source's files as [`Provider::fetch`] would, without any network
     /// I/O: a missing or unreadable file, a key file that is not JSON or holds no usable RSA
-    /// key, an empty password, a docker config without `auths`. `run` calls it at start to
+    /// key, a ServiceAccount token file that holds no unexpired JWT, an empty password, a
+    /// docker config without `auths`. `run` calls it at start to
     /// report a broken file at once (it keeps serving the webhook), and `check` through
     /// `fetch`. Sources without files (`yandexMetadata`) always pass.
     pub async fn validate(&self) -> Result<(), CredentialError> {
         match &self.source {
+            CredentialSource::YandexWorkloadIdentity(w) => {
+                yandex_wif::validate(&w.token_file).await
+            }
             CredentialSource::YandexAuthorizedKey(k) => yandex_key::validate(&k.file).await,
             CredentialSource::YandexMetadata(_) => Ok(()),
             CredentialSource::YandexJsonKey(_)
@@ -426,6 +436,10 @@ impl Provider {
     /// Network requests are bounded by the client's [`HttpOptions`].
     pub async fn fetch(&self) -> Result<Credential, CredentialError> {
         match &self.source {
+            CredentialSource::YandexWorkloadIdentity(w) => {
+                let uri = endpoint_uri(&w.endpoint, false)?;
+                yandex_wif::fetch(&self.http, w, &uri).await
+            }
             CredentialSource::YandexAuthorizedKey(k) => {
                 let uri = endpoint_uri(&k.endpoint, false)?;
                 yandex_key::fetch(&self.http, &k.file, &k.endpoint, &uri).await
@@ -494,8 +508,24 @@ fn user_agent() -> &'static str {
     concat!("pullsecret-injector/", env!("CARGO_PKG_VERSION"))
 }
 
-/// The error for a non-2xx answer: the service's JSON `code` and `message` (Yandex Cloud
-/// and gRPC-gateway shape), else a short one-line snippet of the body.
+/// A POST of `body` (of `content_type`) to a token endpoint, asking for JSON.
+fn token_post(
+    endpoint: &str,
+    uri: &Uri,
+    content_type: &'static str,
+    body: String,
+) -> Result<::http::Request<http_body_util::Full<bytes::Bytes>>, CredentialError> {
+    ::http::Request::post(uri.clone())
+        .header(::http::header::CONTENT_TYPE, content_type)
+        .header(::http::header::ACCEPT, "application/json")
+        .header(::http::header::USER_AGENT, user_agent())
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .map_err(|e| CredentialError::Request {
+            endpoint: endpoint.to_string(),
+            problem: format!("building the request: {e}"),
+        })
+}
+
 /// A token service's answer: 2xx with a JSON object carrying a non-empty string `field`.
 /// Returns the parsed JSON (for the expiry fields, which differ per service) and the token;
 /// a non-2xx answer is the service's own error ([`rejection`]).
@@ -535,20 +565,32 @@ fn bad_answer(endpoint: &str, answer: &http::Answer, problem: String) -> Credent
     }
 }
 
+/// The error for a non-2xx answer: the service's JSON `code` and `message` (Yandex Cloud
+/// and gRPC-gateway shape), or OAuth's `error` and `error_description`, else a short
+/// one-line snippet of the body.
 fn rejection(endpoint: &str, answer: &http::Answer) -> CredentialError {
     let json: Option<serde_json::Value> = serde_json::from_slice(&answer.body).ok();
-    let message = json
-        .as_ref()
-        .and_then(|v| v.get("message"))
-        .and_then(serde_json::Value::as_str);
-    let (code, message) = match message {
-        Some(m) => (
+    let text = |name: &str| {
+        json.as_ref()
+            .and_then(|v| v.get(name))
+            .and_then(serde_json::Value::as_str)
+    };
+    let (code, message) = match (text("message"), text("error")) {
+        (Some(m), _) => (
             json.as_ref()
                 .and_then(|v| v.get("code"))
                 .and_then(serde_json::Value::as_i64),
             one_line(m, 300),
         ),
-        None => {
+        // OAuth 2.0 (RFC 6749 section 5.2, RFC 8693): {"error","error_description"}.
+        (None, Some(error)) => {
+            let text = match text("error_description") {
+                Some(d) if !d.trim().is_empty() => format!("{error}: {d}"),
+                _ => error.to_string(),
+            };
+            (None, one_line(&text, 300))
+        }
+        (None, None) => {
             let text = one_line(&String::from_utf8_lossy(&answer.body), 200);
             if text.is_empty() {
                 (None, "empty body".to_string())

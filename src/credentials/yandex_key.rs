@@ -13,9 +13,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use bytes::Bytes;
-use http::{Request, Uri, header};
-use http_body_util::Full;
+use http::Uri;
 use jiff::Timestamp;
 use ring::rand::SystemRandom;
 use ring::signature::{RSA_PSS_SHA256, RsaKeyPair};
@@ -281,15 +279,7 @@ pub(crate) async fn fetch(
         problem,
     })?;
     let body = serde_json::json!({ "jwt": jwt }).to_string();
-    let request = Request::post(uri.clone())
-        .header(header::CONTENT_TYPE, "application/json")
-        .header(header::ACCEPT, "application/json")
-        .header(header::USER_AGENT, super::user_agent())
-        .body(Full::new(Bytes::from(body)))
-        .map_err(|e| CredentialError::Request {
-            endpoint: endpoint.to_string(),
-            problem: format!("building the request: {e}"),
-        })?;
+    let request = super::token_post(endpoint, uri, "application/json", body)?;
     let answer = http.send(endpoint, request).await?;
     let (token, expires_at) = parse_token_answer(endpoint, &answer)?;
     if expires_at <= issued_at {
@@ -331,6 +321,7 @@ pub(crate) fn parse_token_answer(
 mod tests {
     use super::*;
     use crate::credentials::test_keys::{TestKey, key_file_json, rest_key_json};
+    use bytes::Bytes;
     use http::StatusCode;
     use ring::signature::{RSA_PSS_2048_8192_SHA256, UnparsedPublicKey};
 

@@ -29,7 +29,17 @@ pub(crate) async fn fetch(
         })?;
     let issued_at = Timestamp::now();
     let answer = http.send(endpoint, request).await?;
-    let (token, expires_in) = parse_token_answer(endpoint, &answer)?;
+    iam_login(endpoint, &answer, issued_at)
+}
+
+/// The `iam` login from a bearer token answer to a request sent at `issued_at`: the
+/// metadata service and the workload identity token exchange answer the same way.
+pub(crate) fn iam_login(
+    endpoint: &str,
+    answer: &Answer,
+    issued_at: Timestamp,
+) -> Result<Credential, CredentialError> {
+    let (token, expires_in) = parse_token_answer(endpoint, answer)?;
     let expires_at = issued_at
         .checked_add(expires_in)
         .map_err(|e| CredentialError::BadAnswer {

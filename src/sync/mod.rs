@@ -42,6 +42,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Settings;
 use crate::credentials::{Credential, CredentialError, HttpClient, Provider};
 use crate::health::Health;
+use crate::labels::LabelSelector;
 use crate::metrics::Metrics;
 use refresh::{RefreshStatus, RefreshTiming};
 use secret::MANAGER;
@@ -57,6 +58,8 @@ pub struct RegistrySync {
     pub secret_name: String,
     /// `auths` keys: the host patterns as written.
     pub hosts: Vec<String>,
+    /// `registries[].namespaceSelector`: only matching namespaces get the Secret.
+    pub namespace_selector: Option<LabelSelector>,
     /// Where its credential comes from.
     pub provider: Provider,
     /// The latest good credential (`None` until the first success). Kept across terms of
@@ -73,10 +76,19 @@ impl RegistrySync {
             name: name.to_string(),
             secret_name: secret_name.to_string(),
             hosts,
+            namespace_selector: None,
             provider,
             credential: channel::Sender::new(None),
             status: channel::Sender::new(RefreshStatus::NotYet),
         }
+    }
+}
+
+impl RegistrySync {
+    /// The same registry, kept only in namespaces that also match `selector`.
+    pub fn with_namespace_selector(mut self, selector: Option<LabelSelector>) -> Self {
+        self.namespace_selector = selector;
+        self
     }
 }
 
@@ -95,7 +107,8 @@ pub fn registries(
                 r.entry.secret_name(),
                 hosts.collect(),
                 Provider::new(&r.credentials, http)?.for_hosts(r.entry.hosts()),
-            ))
+            )
+            .with_namespace_selector(r.namespace_selector.clone()))
         })
         .collect()
 }

@@ -15,6 +15,7 @@
 use std::collections::BTreeMap;
 
 use crate::credentials::Credential;
+use crate::labels::LabelSelector;
 
 use super::secret::{Desired, Observed, desired};
 use super::state::{NamespaceInfo, SecretState};
@@ -28,6 +29,8 @@ pub struct RegistryView<'a> {
     pub secret_name: &'a str,
     /// The `auths` keys.
     pub hosts: &'a [String],
+    /// `registries[].namespaceSelector`, if any.
+    pub namespace_selector: Option<&'a LabelSelector>,
     /// The latest good credential, if any.
     pub credential: Option<&'a Credential>,
 }
@@ -80,7 +83,7 @@ pub enum Step {
 /// Why one of our Secrets is deleted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeleteReason {
-    /// Its namespace no longer opts in (or is being deleted).
+    /// Its namespace no longer opts in, is being deleted, or is not selected by the registry.
     NamespaceOptedOut,
     /// No configured registry uses its name any more (a retired `secretName`).
     NameRetired,
@@ -90,15 +93,25 @@ impl DeleteReason {
     /// In words, for log lines.
     pub fn as_str(self) -> &'static str {
         match self {
-            Self::NamespaceOptedOut => "namespace no longer opted in",
+            Self::NamespaceOptedOut => {
+                "namespace no longer opted in (or not selected for this registry)"
+            }
             Self::NameRetired => "no configured registry uses this Secret name any more",
         }
     }
 }
 
-/// Whether `namespace` should hold `registry`'s Secret.
-pub fn wanted(namespace: Option<&NamespaceInfo>, _registry: &RegistryView<'_>) -> bool {
-    namespace.is_some_and(|ns| !ns.terminating)
+/// Whether `namespace` should hold `registry`'s Secret: it matches the opt-in selector (it
+/// is in the mirror at all), is not being deleted, and matches the registry's own selector,
+/// if any. The webhook entry of a scoped registry is registered with the same two selectors,
+/// so the API server sends it exactly the Pods of these namespaces.
+pub fn wanted(namespace: Option<&NamespaceInfo>, registry: &RegistryView<'_>) -> bool {
+    namespace.is_some_and(|ns| {
+        !ns.terminating
+            && registry
+                .namespace_selector
+                .is_none_or(|s| s.matches(&ns.labels))
+    })
 }
 
 /// The steps for one namespace, in registry order.
@@ -236,6 +249,7 @@ mod tests {
             name: "yandex",
             secret_name: "yc",
             hosts: &h,
+            namespace_selector: None,
             credential,
         }];
         let secrets: BTreeMap<String, SecretState> =
@@ -467,6 +481,144 @@ mod tests {
         }
     }
 
+    fn labels(pairs: &[(&str, &str)]) -> NamespaceInfo {
+        NamespaceInfo {
+            labels: pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            terminating: false,
+        }
+    }
+
+    #[test]
+    fn wanted_needs_the_opt_in_and_the_registrys_own_selector() {
+        let team_a = LabelSelector::parse("team=a").unwrap();
+        let not_legacy = LabelSelector::parse("team,!legacy").unwrap();
+        let terminating_a = NamespaceInfo {
+            terminating: true,
+            ..labels(&[("team", "a")])
+        };
+        let a = labels(&[("team", "a")]);
+        let b = labels(&[("team", "b")]);
+        let a_legacy = labels(&[("team", "a"), ("legacy", "")]);
+        let none = labels(&[]);
+        // (case, namespace (None: not opted in), registry selector, wanted)
+        type Case<'a> = (
+            &'a str,
+            Option<&'a NamespaceInfo>,
+            Option<&'a LabelSelector>,
+            bool,
+        );
+        let cases: Vec<Case<'_>> = vec![
+            ("unscoped_opted_in", Some(&none), None, true),
+            ("unscoped_not_opted_in", None, None, false),
+            ("unscoped_terminating", Some(&terminating_a), None, false),
+            ("scoped_matching", Some(&a), Some(&team_a), true),
+            ("scoped_other_team", Some(&b), Some(&team_a), false),
+            ("scoped_no_labels", Some(&none), Some(&team_a), false),
+            (
+                "scoped_not_opted_in_even_if_matching",
+                None,
+                Some(&team_a),
+                false,
+            ),
+            (
+                "scoped_matching_but_terminating",
+                Some(&terminating_a),
+                Some(&team_a),
+                false,
+            ),
+            (
+                "scoped_exists_and_not_exists_match",
+                Some(&b),
+                Some(&not_legacy),
+                true,
+            ),
+            (
+                "scoped_does_not_exist_refuses",
+                Some(&a_legacy),
+                Some(&not_legacy),
+                false,
+            ),
+        ];
+        for (case, ns, namespace_selector, want) in cases {
+            let registry = RegistryView {
+                name: "r",
+                secret_name: "s",
+                hosts: &[],
+                namespace_selector,
+                credential: None,
+            };
+            assert_eq!(wanted(ns, &registry), want, "{case}");
+        }
+    }
+
+    #[test]
+    fn relabelling_moves_the_secrets_from_one_teams_registry_to_the_others() {
+        let t1 = cred("t1", Some("2026-11-29T20:00:00Z"));
+        let h = hosts();
+        let team_a = LabelSelector::parse("team=a").unwrap();
+        let team_b = LabelSelector::parse("team=b").unwrap();
+        let registries = [
+            RegistryView {
+                name: "ra",
+                secret_name: "sa",
+                hosts: &h,
+                namespace_selector: Some(&team_a),
+                credential: Some(&t1),
+            },
+            RegistryView {
+                name: "rb",
+                secret_name: "sb",
+                hosts: &h,
+                namespace_selector: Some(&team_b),
+                credential: Some(&t1),
+            },
+            RegistryView {
+                name: "shared",
+                secret_name: "ss",
+                hosts: &h,
+                namespace_selector: None,
+                credential: Some(&t1),
+            },
+        ];
+        let ours = |secret: &str, registry: &str| {
+            let mut s = desired(INSTANCE, NS, secret, registry, &h, &t1).secret;
+            s.metadata.uid = Some(format!("uid-{secret}"));
+            s.metadata.resource_version = Some("3".into());
+            SecretState::Ours(Observed::of(&s))
+        };
+        let run = |info: &NamespaceInfo, secrets: &BTreeMap<String, SecretState>| {
+            summary(&plan(&NamespaceView {
+                instance: INSTANCE,
+                name: NS,
+                info: Some(info),
+                registries: &registries,
+                secrets,
+            }))
+        };
+        let nothing = BTreeMap::new();
+        assert_eq!(
+            run(&labels(&[("team", "a")]), &nothing),
+            ["create sa", "create ss"]
+        );
+        let as_team_a = BTreeMap::from([
+            ("sa".to_string(), ours("sa", "ra")),
+            ("ss".to_string(), ours("ss", "shared")),
+        ]);
+        assert_eq!(
+            run(&labels(&[("team", "a")]), &as_team_a),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            run(&labels(&[("team", "b")]), &as_team_a),
+            ["delete sa", "create sb"],
+            "team a's Secret goes, team b's comes, the shared one stays"
+        );
+        assert_eq!(run(&labels(&[]), &as_team_a), ["delete sa"]);
+    }
+
     #[test]
     fn registries_are_planned_independently_in_config_order() {
         let t1 = cred("t1", None);
@@ -476,18 +628,21 @@ mod tests {
                 name: "a",
                 secret_name: "sa",
                 hosts: &h,
+                namespace_selector: None,
                 credential: None,
             },
             RegistryView {
                 name: "b",
                 secret_name: "sb",
                 hosts: &h,
+                namespace_selector: None,
                 credential: Some(&t1),
             },
             RegistryView {
                 name: "c",
                 secret_name: "sc",
                 hosts: &h,
+                namespace_selector: None,
                 credential: Some(&t1),
             },
         ];
@@ -529,6 +684,7 @@ mod tests {
             secret_name: "yc",
             hosts: &h,
             credential: Some(&t1),
+            namespace_selector: None,
         }];
         let secrets = BTreeMap::from([
             ("old-a".to_string(), ours_named("old-a")),

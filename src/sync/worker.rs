@@ -83,6 +83,7 @@ impl Worker<'_> {
                 name: &r.name,
                 secret_name: &r.secret_name,
                 hosts: &r.hosts,
+                namespace_selector: r.namespace_selector.as_ref(),
                 credential: c.as_deref(),
             })
             .collect();

@@ -6,7 +6,6 @@
 //! can be changed at runtime, calls are counted, and it can be switched to other answers
 //! or to hanging.
 
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -48,51 +47,35 @@ struct MetadataState {
 
 /// The metadata stand-in on `127.0.0.1:<random port>`; stops when dropped.
 pub struct MetadataStandIn {
-    addr: SocketAddr,
-    state: Arc<Mutex<MetadataState>>,
-    server: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for MetadataStandIn {
-    fn drop(&mut self) {
-        self.server.abort();
-    }
+    server: super::LoopbackServer<MetadataState>,
 }
 
 impl MetadataStandIn {
     /// Start in [`Mode::Token`] with token `t1.metadata-token-1` and `expires_in` 42 000 s.
     pub async fn start() -> Self {
-        let state = Arc::new(Mutex::new(MetadataState {
+        let state = MetadataState {
             token: "t1.metadata-token-1".into(),
             expires_in: 42_000,
             mode: Mode::Token,
             calls: 0,
             missing_header: 0,
-        }));
-        let app = Router::new()
-            .route(TOKEN_PATH, get(handle))
-            .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("binding a loopback port");
-        let addr = listener.local_addr().expect("local address");
-        let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Self {
-            addr,
-            state,
-            server,
-        }
+        };
+        let server = super::LoopbackServer::start(state, |state| {
+            Router::new()
+                .route(TOKEN_PATH, get(handle))
+                .with_state(state)
+        })
+        .await;
+        Self { server }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, MetadataState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.server.lock()
     }
 
     /// `http://127.0.0.1:<port>/computeMetadata/v1/instance/service-accounts/default/token`.
     pub fn endpoint(&self) -> String {
-        format!("http://{}{TOKEN_PATH}", self.addr)
+        format!("http://{}{TOKEN_PATH}", self.server.addr)
     }
 
     /// The token answered from now on.

@@ -183,7 +183,105 @@ sync:
     leaseName: {{ $le.leaseName | toJson }}
     leaseNamespace: {{ include "psi.leaseNamespace" . | toJson }}
 registries:
-{{ toYaml .Values.registries }}
+{{ toYaml (include "psi.configRegistries" . | fromYamlArray) }}
+{{- end -}}
+
+{{/*
+Registries for the config file: as given, with a namespaceSelector (matchLabels /
+matchExpressions in the values) rendered as the kubectl-syntax string the binary reads.
+*/}}
+{{- define "psi.configRegistries" -}}
+{{- $out := list -}}
+{{- range .Values.registries -}}
+{{- $r := omit . "namespaceSelector" -}}
+{{- if .namespaceSelector -}}
+{{- $_ := set $r "namespaceSelector" (include "psi.selectorString" .namespaceSelector) -}}
+{{- end -}}
+{{- $out = append $out $r -}}
+{{- end -}}
+{{- toYaml $out -}}
+{{- end -}}
+
+{{/*
+A label selector (matchLabels, matchExpressions) in kubectl syntax: matchLabels sorted by
+key, then matchExpressions in order. Equal selectors give equal strings, which the binary's
+scopes rely on (src/config.rs Settings::scopes).
+*/}}
+{{- define "psi.selectorString" -}}
+{{- $parts := list -}}
+{{- $ml := .matchLabels | default dict -}}
+{{- range $k := keys $ml | sortAlpha -}}
+{{- $parts = append $parts (printf "%s=%s" $k (get $ml $k)) -}}
+{{- end -}}
+{{- range .matchExpressions | default list -}}
+{{- $values := join "," (.values | default list) -}}
+{{- if eq .operator "In" -}}
+{{- $parts = append $parts (printf "%s in (%s)" .key $values) -}}
+{{- else if eq .operator "NotIn" -}}
+{{- $parts = append $parts (printf "%s notin (%s)" .key $values) -}}
+{{- else if eq .operator "Exists" -}}
+{{- $parts = append $parts .key -}}
+{{- else if eq .operator "DoesNotExist" -}}
+{{- $parts = append $parts (printf "!%s" .key) -}}
+{{- end -}}
+{{- end -}}
+{{- join "," $parts -}}
+{{- end -}}
+
+{{/*
+The MutatingWebhookConfiguration's entries, a YAML list of {name, suffix, namespaceSelector}:
+pods.pullsecret-injector.io at webhook.path for the registries without a namespaceSelector
+(when there are any), and one entry per distinct registry selector, named after the first
+registry with it, at webhook.path/NAME, whose namespaceSelector is the opt-in selector AND the
+registry's. The API server evaluates the namespace's labels, so the binary, which only sees
+the namespace's name, injects a scoped registry's Secret exactly where the sync task keeps it.
+*/}}
+{{- define "psi.webhookEntries" -}}
+{{- include "psi.validate" . -}}
+{{- $top := dict "matchLabels" (dict .Values.namespaceSelector.key .Values.namespaceSelector.value) "matchExpressions" (list (dict "key" "kubernetes.io/metadata.name" "operator" "NotIn" "values" (include "psi.excludedNamespaces" . | fromYamlArray))) -}}
+{{- $entries := list -}}
+{{- $unscoped := false -}}
+{{- $seen := dict -}}
+{{- $members := dict -}}
+{{- range $i, $r := .Values.registries -}}
+{{- if $r.namespaceSelector -}}
+{{- $key := include "psi.selectorString" $r.namespaceSelector -}}
+{{- if not (hasKey $seen $key) -}}
+{{- $_ := set $seen $key $r.name -}}
+{{- $labels := deepCopy $top.matchLabels -}}
+{{- range $k, $v := ($r.namespaceSelector.matchLabels | default dict) -}}
+{{- if and (hasKey $labels $k) (ne (get $labels $k) $v) -}}
+{{- fail (printf "registries[%d].namespaceSelector.matchLabels.%s: %q conflicts with the opt-in label %s=%s: no namespace could match both" $i $k $v $k (get $labels $k)) -}}
+{{- end -}}
+{{- $_ := set $labels $k $v -}}
+{{- end -}}
+{{- $exprs := concat $top.matchExpressions ($r.namespaceSelector.matchExpressions | default list) -}}
+{{- $entries = append $entries (dict "name" (printf "%s.pods.pullsecret-injector.io" $r.name) "suffix" (printf "/%s" $r.name) "namespaceSelector" (dict "matchLabels" $labels "matchExpressions" $exprs) "key" $key) -}}
+{{- end -}}
+{{- $_ := set $members $key (append (get $members $key | default list) (dict "index" $i "hosts" $r.hosts)) -}}
+{{- else -}}
+{{- $unscoped = true -}}
+{{- $_ := set $members "" (append (get $members "" | default list) (dict "index" $i "hosts" $r.hosts)) -}}
+{{- end -}}
+{{- end -}}
+{{- if $unscoped -}}
+{{- $entries = prepend $entries (dict "name" "pods.pullsecret-injector.io" "suffix" "" "namespaceSelector" $top "key" "") -}}
+{{- end -}}
+{{- /* Each entry's registries (index, hosts): its matchConditions look at their hosts only. */ -}}
+{{- range $e := $entries -}}
+{{- $_ := set $e "registries" (get $members $e.key) -}}
+{{- $_ := unset $e "key" -}}
+{{- end -}}
+{{- toYaml $entries -}}
+{{- end -}}
+
+{{/* Whether the sync task runs and a registry uses yandexWorkloadIdentity ("true" or ""). */}}
+{{- define "psi.usesWorkloadIdentity" -}}
+{{- if .Values.sync.enabled -}}
+{{- range .Values.registries -}}
+{{- if hasKey (.credentials | default dict) "yandexWorkloadIdentity" -}}true{{- end -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 
 {{/*
@@ -204,8 +302,18 @@ from somewhere, and from one place only.
 {{- if and (eq .Values.certificates.mode "existingSecret") (not .Values.certificates.existingSecret.caBundle) -}}
 {{- fail "certificates.existingSecret.caBundle (base64 PEM of the CA) is required when certificates.mode is existingSecret" -}}
 {{- end -}}
-{{- range $i, $r := (.Values.sync.enabled | ternary .Values.registries list) -}}
-{{- range $kind, $src := ($r.credentials | default dict) -}}
+{{- if and (include "psi.usesWorkloadIdentity" .) (not .Values.workloadIdentity.audience) -}}
+{{- fail "workloadIdentity.audience is required when a registry uses yandexWorkloadIdentity: the federation's audience (on Yandex Managed Kubernetes the cluster's issuer URL, yc managed-kubernetes cluster get NAME --format json | jq -r .workload_identity_federation.issuer)" -}}
+{{- end -}}
+{{- range $i, $r := .Values.registries -}}
+{{- if and $r.namespaceSelector (not (kindIs "map" $r.namespaceSelector)) -}}
+{{- fail (printf "registries[%d].namespaceSelector: write it as a label selector, e.g. {matchLabels: {team: a}} or {matchExpressions: [{key: team, operator: In, values: [a]}]}: the chart renders it into the webhook configuration too" $i) -}}
+{{- end -}}
+{{- if and $r.namespaceSelector (not (regexMatch "^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$" $r.name)) -}}
+{{- fail (printf "registries[%d].name: %q: a registry with a namespaceSelector is served at the webhook path %s/NAME, so its name must be lowercase letters, digits, '-' and '.'" $i $r.name $.Values.webhook.path) -}}
+{{- end -}}
+{{- /* Only the sync task reads credentials: a webhook-only install mounts none. */ -}}
+{{- range $kind, $src := ($.Values.sync.enabled | ternary ($r.credentials | default dict) dict) -}}
 {{- range $field := list "file" "passwordFile" -}}
 {{- $path := get ($src | default dict) $field -}}
 {{- if and $path (hasPrefix (printf "%s/" $mount) $path) -}}
