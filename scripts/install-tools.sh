@@ -3,6 +3,8 @@
 #
 #   scripts/install-tools.sh helm      Installs helm (HELM_VERSION below) unless cached; prints
 #                                      the binary's path on stdout. Idempotent; seconds when cached.
+#   scripts/install-tools.sh promtool  Installs Prometheus' promtool (PROMETHEUS_VERSION below)
+#                                      the same way; checks and unit-tests the chart's alerts.
 #
 # helm is not packaged by Debian and release downloads are not reachable here, so it is built
 # with `go install helm.sh/helm/v3/cmd/helm@vX` (needs Go >= the version helm's go.mod names).
@@ -13,6 +15,9 @@ set -euo pipefail
 
 # Newest helm v3 release on the module proxy (checked: v3.22.0, needs go >= 1.26.0).
 HELM_VERSION=${PSI_HELM_VERSION:-3.22.0}
+# Newest Prometheus release on the module proxy (checked: 3.16.0, published as module version
+# v0.316.0; its go.mod has no replace or exclude directives and needs go >= 1.26.7).
+PROMETHEUS_VERSION=${PSI_PROMETHEUS_VERSION:-3.16.0}
 CACHE_DIR=${XDG_CACHE_HOME:-$HOME/.cache}/pullsecret-injector
 LOG_DIR=$CACHE_DIR/logs
 # shellcheck source=scripts/lib/kube-module.sh
@@ -77,10 +82,59 @@ install_helm() {
     echo "$bin"
 }
 
+# promtool at PROMETHEUS_VERSION: `go install` of github.com/prometheus/prometheus/cmd/promtool at
+# the release's module version (Prometheus 3.X.Y is published as v0.3XX.Y), with the version
+# ldflags of Prometheus' own build. Only `check rules` and `test rules` are used: no network.
+install_promtool() {
+    local v=$PROMETHEUS_VERSION dest bin go log t0 out modv major minor patch lockfd hb
+    IFS=. read -r major minor patch <<<"$v"
+    [[ $major == 3 && -n $minor && -n $patch ]] || die "PSI_PROMETHEUS_VERSION=$v: expected a 3.X.Y release"
+    modv=v0.$((300 + minor)).$patch
+    dest=$CACHE_DIR/bin/promtool-v$v
+    bin=$dest/promtool
+    if [[ -x $bin ]] && out=$("$bin" --version 2>/dev/null) && [[ $out == *"version $v "* ]]; then
+        say "promtool v$v cached: $bin"
+        echo "$bin"
+        return 0
+    fi
+    go=$(find_go) || die "no Go toolchain (go on PATH or /usr/local/go/bin/go): promtool is built with go install"
+    mkdir -p "$dest" "$LOG_DIR"
+    log=$LOG_DIR/build-promtool-v$v.log
+    exec {lockfd}>>"$CACHE_DIR/promtool-install.lock"
+    flock -w 1800 "$lockfd" || die "timed out waiting for $CACHE_DIR/promtool-install.lock"
+    if [[ -x $bin ]] && out=$("$bin" --version 2>/dev/null) && [[ $out == *"version $v "* ]]; then
+        echo "$bin"
+        return 0
+    fi
+    say "building promtool v$v (module $modv) with go install ($("$go" version | cut -d' ' -f3); cold: a few minutes, log $log)"
+    t0=$(date +%s)
+    (while sleep 30; do say "  ... still building promtool: $(($(date +%s) - t0))s"; done) &
+    hb=$!
+    if ! env GOBIN="$dest" GOMODCACHE="$CACHE_DIR/go/mod" GOCACHE="$CACHE_DIR/go/build" \
+        GOTOOLCHAIN=local GOWORK=off CGO_ENABLED=0 GOFLAGS="-modcacherw -buildvcs=false" \
+        "$go" install -ldflags "-s -w \
+            -X github.com/prometheus/common/version.Version=$v \
+            -X github.com/prometheus/common/version.Revision=module-proxy-$modv \
+            -X github.com/prometheus/common/version.Branch=release" \
+        "github.com/prometheus/prometheus/cmd/promtool@$modv" >"$log" 2>&1; then
+        kill "$hb" 2>/dev/null || true
+        wait "$hb" 2>/dev/null || true
+        tail -n 25 "$log" | sed 's/^/    /' >&2
+        die "go install github.com/prometheus/prometheus/cmd/promtool@$modv failed (log: $log)"
+    fi
+    kill "$hb" 2>/dev/null || true
+    wait "$hb" 2>/dev/null || true
+    out=$("$bin" --version 2>&1) || die "$bin does not run: $out"
+    [[ $out == *"version $v "* ]] || die "$bin reports '$out', expected version $v"
+    say "promtool v$v built in $(($(date +%s) - t0))s: $bin"
+    echo "$bin"
+}
+
 case ${1:-} in
 helm) install_helm ;;
+promtool) install_promtool ;;
 *)
-    sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
     ;;
 esac

@@ -60,6 +60,10 @@ pub struct WebhookConfig {
     /// PEM private key; reloaded when its content changes.
     #[serde(default = "default_tls_key")]
     pub tls_key_file: PathBuf,
+    /// When set, the injector keeps its own CA and serving certificate in a Secret and the
+    /// webhook configuration's `caBundle` (the two files above are not read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed_certificate: Option<crate::certs::config::ManagedCertificateConfig>,
 }
 
 impl Default for WebhookConfig {
@@ -68,6 +72,7 @@ impl Default for WebhookConfig {
             listen: default_webhook_listen(),
             tls_cert_file: default_tls_cert(),
             tls_key_file: default_tls_key(),
+            managed_certificate: None,
         }
     }
 }
@@ -378,6 +383,8 @@ pub struct Settings {
     pub tls_cert_file: PathBuf,
     /// Webhook key file.
     pub tls_key_file: PathBuf,
+    /// The certificate the injector keeps itself, instead of the files.
+    pub managed_certificate: Option<crate::certs::config::ManagedCertificate>,
     /// Admin bind address.
     pub admin_listen: SocketAddr,
     /// Opt-in selector, parsed.
@@ -480,6 +487,11 @@ impl Config {
         if self.webhook.tls_key_file.as_os_str().is_empty() {
             err("webhook.tlsKeyFile", "must not be empty".into());
         }
+        let managed_certificate = self
+            .webhook
+            .managed_certificate
+            .as_ref()
+            .and_then(|m| m.validate("webhook.managedCertificate", &mut err));
         let namespace_selector = LabelSelector::parse(&self.namespace_selector)
             .map_err(|e| {
                 err(
@@ -516,6 +528,7 @@ impl Config {
                     webhook_listen,
                     tls_cert_file: self.webhook.tls_cert_file.clone(),
                     tls_key_file: self.webhook.tls_key_file.clone(),
+                    managed_certificate,
                     admin_listen,
                     namespace_selector,
                     pod_opt_out_annotation: self.pod_opt_out_annotation.clone(),
@@ -731,7 +744,7 @@ fn parse_listen(s: &str) -> Result<SocketAddr, String> {
         .map_err(|_| format!("{s:?} is not an address (expected ip:port, e.g. \"0.0.0.0:8443\")"))
 }
 
-mod duration {
+pub(crate) mod duration {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer, Serializer};
