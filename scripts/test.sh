@@ -49,6 +49,10 @@ step "helm (cached after the first run)"
 PSI_HELM=$(scripts/install-tools.sh helm)
 export PSI_HELM
 
+step "promtool (cached after the first run; checks and unit-tests the chart's alerts)"
+PSI_PROMTOOL=$(scripts/install-tools.sh promtool)
+export PSI_PROMTOOL
+
 # The demo brings up its own control plane and node and removes them; it runs before the
 # test node starts because one machine runs one kubelet at a time.
 step "demo (README: Run it): the chart's objects, config and RBAC; a Pod pulls and runs"
