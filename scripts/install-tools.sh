@@ -92,7 +92,8 @@ install_promtool() {
     modv=v0.$((300 + minor)).$patch
     dest=$CACHE_DIR/bin/promtool-v$v
     bin=$dest/promtool
-    if [[ -x $bin ]] && out=$("$bin" --version 2>/dev/null) && [[ $out == *"version $v "* ]]; then
+    cached() { [[ -x $bin ]] && out=$("$bin" --version 2>/dev/null) && [[ $out == *"version $v "* ]]; }
+    if cached; then
         say "promtool v$v cached: $bin"
         echo "$bin"
         return 0
@@ -102,7 +103,7 @@ install_promtool() {
     log=$LOG_DIR/build-promtool-v$v.log
     exec {lockfd}>>"$CACHE_DIR/promtool-install.lock"
     flock -w 1800 "$lockfd" || die "timed out waiting for $CACHE_DIR/promtool-install.lock"
-    if [[ -x $bin ]] && out=$("$bin" --version 2>/dev/null) && [[ $out == *"version $v "* ]]; then
+    if cached; then
         echo "$bin"
         return 0
     fi
@@ -124,8 +125,7 @@ install_promtool() {
     fi
     kill "$hb" 2>/dev/null || true
     wait "$hb" 2>/dev/null || true
-    out=$("$bin" --version 2>&1) || die "$bin does not run: $out"
-    [[ $out == *"version $v "* ]] || die "$bin reports '$out', expected version $v"
+    cached || die "$bin reports '$("$bin" --version 2>&1 | head -n 1)', expected version $v"
     say "promtool v$v built in $(($(date +%s) - t0))s: $bin"
     echo "$bin"
 }

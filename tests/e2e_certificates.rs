@@ -227,6 +227,26 @@ impl Install {
         ns
     }
 
+    /// `kubectl patch --type=json` of the webhook configuration, as admin.
+    fn patch_webhooks(&self, patch: serde_json::Value) {
+        let out = self.kubectl(
+            &[
+                "patch",
+                "mutatingwebhookconfiguration",
+                &self.fullname,
+                "--type=json",
+                "-p",
+                &patch.to_string(),
+            ],
+            None,
+        );
+        assert!(
+            out.status.success(),
+            "kubectl patch {patch}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     fn kubectl(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
         use std::io::Write;
         let mut child = self
@@ -429,13 +449,23 @@ async fn gitops_renders_apply_and_upgrades_keep_the_injected_ca_bundle_and_pods_
     let tls_crt = CertificateDer::from_pem_slice(&data["tls.crt"].0).unwrap();
     assert_eq!(served, <[u8; 32]>::from(Sha256::digest(&tls_crt)));
 
-    // A follower replica serves the same certificate, read from the Secret.
+    // A webhook-only replica (no Lease: it writes too, compare-and-swap) serves the same
+    // certificate and leaves the Secret as it is.
     let b_port = cluster::free_port();
     let mut b = inst
-        .spawn("injector-b", b_port, &["--tls-reload-interval=300ms"])
+        .spawn(
+            "injector-b",
+            b_port,
+            &["--tls-reload-interval=300ms", "--no-sync"],
+        )
         .await;
     b.wait_ready(Duration::from_secs(20));
     assert_eq!(handshake(b_port, &ca).await.expect("TLS to B"), served);
+    let unchanged = inst.tls_secret().await.unwrap().metadata.resource_version;
+    assert_eq!(
+        unchanged, secret.metadata.resource_version,
+        "a second writer rewrote a Secret that needed nothing"
+    );
 
     let app = inst.app_namespace("app").await;
     let before = apiserver_counts(&inst.client, WEBHOOK).await;
@@ -494,22 +524,7 @@ async fn gitops_renders_apply_and_upgrades_keep_the_injected_ca_bundle_and_pods_
     pod_gets_its_secret("helm upgrade").await;
 
     // A caBundle wiped by hand (kubectl replace, a tool that renders a placeholder) comes back.
-    let out = inst.kubectl(
-        &[
-            "patch",
-            "mutatingwebhookconfiguration",
-            &inst.fullname,
-            "--type=json",
-            "-p",
-            r#"[{"op":"remove","path":"/webhooks/0/clientConfig/caBundle"}]"#,
-        ],
-        None,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    inst.patch_webhooks(json!([{"op": "remove", "path": "/webhooks/0/clientConfig/caBundle"}]));
     let restored = inst
         .wait_bundle_published("the wiped caBundle to be restored")
         .await;
@@ -569,29 +584,13 @@ async fn a_forced_rotation_under_load_fails_no_review() {
     inst.install();
     // The API server calls both replicas: a second webhook entry for replica B.
     let b_port = cluster::free_port();
-    let out = inst.kubectl(
-        &[
-            "patch",
-            "mutatingwebhookconfiguration",
-            &inst.fullname,
-            "--type=json",
-            "-p",
-            &json!([{"op": "add", "path": "/webhooks/-", "value": {
+    inst.patch_webhooks(json!([{"op": "add", "path": "/webhooks/-", "value": {
                 "name": REPLICA_B, "admissionReviewVersions": ["v1"], "sideEffects": "None",
                 "failurePolicy": "Ignore", "timeoutSeconds": 5, "reinvocationPolicy": "IfNeeded",
                 "clientConfig": {"url": format!("https://127.0.0.1:{b_port}/mutate")},
                 "namespaceSelector": {"matchLabels": {LABEL: inst.id}},
                 "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"],
-                           "resources": ["pods"], "scope": "Namespaced"}]}}])
-            .to_string(),
-        ],
-        None,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+                           "resources": ["pods"], "scope": "Namespaced"}]}}]));
     let args = ["--tls-reload-interval=250ms"];
     let mut a = inst.spawn("injector-a", inst.port, &args).await;
     a.wait_ready(Duration::from_secs(30));

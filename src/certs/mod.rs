@@ -206,17 +206,7 @@ impl CertManager {
     /// The writer: read the webhook configuration, then the Secret; decide; write.
     async fn write_pass(&mut self) -> Result<(), CertError> {
         let now = jiff::Timestamp::now().as_second();
-        let config = self
-            .webhooks
-            .get_opt(&self.settings.webhook_configuration)
-            .await
-            .map_err(|source| CertError::Api {
-                what: format!(
-                    "reading MutatingWebhookConfiguration {}",
-                    self.settings.webhook_configuration
-                ),
-                source,
-            })?;
+        let config = self.get_config().await?;
         let secret = self.get_secret().await?;
         if let Some(s) = &secret
             && !is_ours(s)
@@ -313,16 +303,7 @@ impl CertManager {
         // The configuration trusts exactly the Secret's CAs (re-read when it was just patched,
         // so that the resourceVersion is current).
         let config = if publish_first {
-            self.webhooks
-                .get_opt(&self.settings.webhook_configuration)
-                .await
-                .map_err(|source| CertError::Api {
-                    what: format!(
-                        "reading MutatingWebhookConfiguration {}",
-                        self.settings.webhook_configuration
-                    ),
-                    source,
-                })?
+            self.get_config().await?
         } else {
             config
         };
@@ -346,6 +327,17 @@ impl CertManager {
         if self.store.is_loaded() {
             self.health.set_webhook(Webhook::Serving);
         }
+    }
+
+    async fn get_config(&self) -> Result<Option<MutatingWebhookConfiguration>, CertError> {
+        let name = &self.settings.webhook_configuration;
+        self.webhooks
+            .get_opt(name)
+            .await
+            .map_err(|source| CertError::Api {
+                what: format!("reading MutatingWebhookConfiguration {name}"),
+                source,
+            })
     }
 
     async fn get_secret(&self) -> Result<Option<K8sSecret>, CertError> {
