@@ -104,6 +104,18 @@ impl ManagedCertificateConfig {
                 );
             }
         }
+        // The TLS Secret is labelled with it.
+        if crate::labels::validate_dns_subdomain(&self.webhook_configuration).is_ok()
+            && crate::labels::validate_label_value(&self.webhook_configuration).is_err()
+        {
+            fail(
+                format!("{base}.webhookConfiguration"),
+                format!(
+                    "{:?} is too long: the TLS Secret carries it as a label value (at most 63 characters)",
+                    self.webhook_configuration
+                ),
+            );
+        }
         if self.dns_names.is_empty() && self.ip_addresses.is_empty() {
             fail(
                 format!("{base}.dnsNames"),
@@ -224,6 +236,21 @@ mod tests {
                 "webhook.managedCertificate.publishDelay: 20m is too long for certificateValidity 1h (at most a sixth of it)",
             ]
         );
+    }
+
+    #[test]
+    fn the_webhook_configuration_name_must_fit_a_label_value() {
+        let mut c = config();
+        let long = format!("psi.{}", "a".repeat(60));
+        c.webhook_configuration = long.clone();
+        assert_eq!(
+            problems(&c),
+            [format!(
+                "webhook.managedCertificate.webhookConfiguration: {long:?} is too long: the TLS Secret carries it as a label value (at most 63 characters)"
+            )]
+        );
+        c.webhook_configuration = long[1..].to_string();
+        assert!(problems(&c).is_empty());
     }
 
     #[test]
