@@ -320,3 +320,63 @@ fn parse_pair(cert_path: &Path, cert_pem: &[u8], key_path: &Path, key_pem: &[u8]
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::certs::pki::{new_ca, new_serving};
+
+    fn pair(not_after_in: u64) -> (Vec<u8>, Vec<u8>, i64) {
+        let now = jiff::Timestamp::now().as_second();
+        let ca = new_ca("ca", now, Duration::from_secs(3600)).unwrap();
+        let leaf = new_serving(
+            &ca.info,
+            &ca.key_pem,
+            &["a.svc".into()],
+            &[],
+            now,
+            Duration::from_secs(not_after_in),
+        )
+        .unwrap();
+        (
+            leaf.info.pem().into_bytes(),
+            leaf.key_pem.expose().as_bytes().to_vec(),
+            leaf.info.not_after,
+        )
+    }
+
+    #[test]
+    fn an_empty_store_serves_nothing_until_a_valid_pair_is_handed_in() {
+        install_crypto_provider();
+        let gauge = Gauge::<f64, AtomicU64>::default();
+        let store = CertStore::empty().with_expiry_gauge(gauge.clone());
+        assert!(!store.is_loaded() && store.current().is_none());
+        assert_eq!(store.reload(), Reload::Unchanged, "no files to re-read");
+        assert_eq!(gauge.get(), 0.0);
+
+        let (crt, key, not_after) = pair(600);
+        assert_eq!(store.install_pem(&crt, &key, "test"), Reload::Reloaded);
+        assert!(store.is_loaded());
+        assert_eq!(store.not_after(), Some(not_after));
+        assert_eq!(gauge.get(), not_after as f64);
+        assert_eq!(store.install_pem(&crt, &key, "test"), Reload::Unchanged);
+
+        // A key that does not fit, then garbage: refused, the pair in use stays.
+        let (other_crt, _, _) = pair(300);
+        assert_eq!(
+            store.install_pem(&other_crt, &key, "test"),
+            Reload::Rejected
+        );
+        assert_eq!(
+            store.install_pem(b"junk", b"junk", "test"),
+            Reload::Rejected
+        );
+        assert_eq!(store.not_after(), Some(not_after));
+
+        let (crt2, key2, not_after2) = pair(1200);
+        assert_eq!(store.install_pem(&crt2, &key2, "test"), Reload::Reloaded);
+        assert_eq!(gauge.get(), not_after2 as f64);
+    }
+}
