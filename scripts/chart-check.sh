@@ -38,6 +38,9 @@
 #    renames the secretName retires the old name (list/watch/delete only) for that upgrade;
 #    an upgrade to sync.enabled=false leaves no RBAC, no policy and no token mount.
 #
+# 5. The alerts (scripts/alerts-check.sh): promtool check and unit tests of the PrometheusRule,
+#    and the API server alerts fired on the real kube-apiserver's fail-open and rejection series.
+#
 # Knobs: PSI_BIN (the pullsecret-injector binary; default: cargo build --locked, debug).
 # Everything it creates on the API server is removed at exit. Progress goes to stderr.
 set -euo pipefail
@@ -212,7 +215,12 @@ def main():
     check(mounts.get("/etc/pullsecret-injector") == "config" and vols["config"]["configMap"]["name"] == cm["metadata"]["name"],
           "config volume")
     tls_secret = vols.get(mounts.get("/tls", ""), {}).get("secret", {}).get("secretName")
-    check(tls_secret, "no Secret mounted at /tls")
+    if mode == "injector":
+        # The injector reads its TLS Secret through the API: nothing is mounted.
+        check(not tls_secret and "tls" not in vols, "injector mode mounts no TLS Secret")
+        tls_secret = f"{fullname}-webhook-tls"
+    else:
+        check(tls_secret, "no Secret mounted at /tls")
     sel = dep["spec"]["selector"]["matchLabels"]
     check(all(pod["metadata"]["labels"].get(k) == v for k, v in sel.items()), "pod labels do not match the selector")
     tsc = spec.get("topologySpreadConstraints", [])
@@ -235,12 +243,17 @@ def main():
     sa = fullname
     for s in by_kind.get("ServiceAccount", []):
         check(s.get("automountServiceAccountToken") is False, "the ServiceAccount must not automount its token")
+    # The injector-mode certificate RBAC is checked on its own below.
+    cert_rbac = {d["kind"]: d for d in docs if d["metadata"]["name"] == f"{fullname}-webhook-certificate"}
+    for d in cert_rbac.values():
+        docs_kind = by_kind[d["kind"]]
+        docs_kind.remove(d)
     vaps = by_kind.get("ValidatingAdmissionPolicy", [])
     if not sync:
         # Webhook only: no API access at all.
         for kind in ("ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding",
                      "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"):
-            check(kind not in by_kind, f"webhook-only install renders a {kind}")
+            check(not by_kind.get(kind), f"webhook-only install renders a {kind}")
     else:
         cr = one("ClusterRole")
         rules = sorted((tuple(r["apiGroups"]), tuple(r["resources"]), tuple(r.get("resourceNames", ())),
@@ -287,10 +300,34 @@ def main():
         check("kubernetes.io/dockerconfigjson" in exprs and f"== '{cfg['sync']['instance']}'" in exprs
               and f"in {names!r}" in exprs and "oldObject" in exprs, f"policy validations {exprs}")
         check(vapb["spec"] == {"policyName": vap["metadata"]["name"], "validationActions": ["Deny"]}, "policy binding")
+    if mode == "injector":
+        # Its TLS Secret and its own webhook configuration, by name; create in its namespace.
+        want_kinds = {"Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"}
+        check(want_kinds <= set(cert_rbac), f"certificate RBAC objects {sorted(cert_rbac)}")
+        if want_kinds <= set(cert_rbac):
+            check(cert_rbac["Role"]["metadata"]["namespace"] == ns, "certificate Role namespace")
+            check([(r["resources"], r.get("resourceNames"), sorted(r["verbs"])) for r in cert_rbac["Role"]["rules"]]
+                  == [(["secrets"], [tls_secret], ["get", "patch"]), (["secrets"], None, ["create"])],
+                  f"certificate Role rules {cert_rbac['Role']['rules']}")
+            check([(r["apiGroups"], r["resources"], r.get("resourceNames"), sorted(r["verbs"])) for r in cert_rbac["ClusterRole"]["rules"]]
+                  == [(["admissionregistration.k8s.io"], ["mutatingwebhookconfigurations"], [fullname], ["get", "patch"])],
+                  f"certificate ClusterRole rules {cert_rbac['ClusterRole']['rules']}")
+            for k in ("RoleBinding", "ClusterRoleBinding"):
+                check(cert_rbac[k]["subjects"] == [{"kind": "ServiceAccount", "name": fullname, "namespace": ns}], f"certificate {k} subjects")
+    else:
+        check(not cert_rbac, f"{mode} mode renders the injector-mode certificate RBAC")
 
     # --- config file ----------------------------------------------------------------------
     open(f"{out}/config.yaml", "w").write(cm["data"]["config.yaml"])
-    check(cfg["webhook"] == {"listen": f"0.0.0.0:{want_ports['https']}", "tlsCertFile": "/tls/tls.crt", "tlsKeyFile": "/tls/tls.key"}, f"config webhook {cfg['webhook']}")
+    if mode == "injector":
+        mc = cfg["webhook"].get("managedCertificate", {})
+        check(set(cfg["webhook"]) == {"listen", "managedCertificate"} and cfg["webhook"]["listen"] == f"0.0.0.0:{want_ports['https']}", f"config webhook {cfg['webhook']}")
+        check(mc.get("secretName") == tls_secret and mc.get("webhookConfiguration") == mwc["metadata"]["name"], f"managedCertificate {mc}")
+        check(f"{svc['metadata']['name']}.{ns}.svc" in mc.get("dnsNames", []), "managedCertificate lacks <svc>.<ns>.svc")
+        if url:
+            check("127.0.0.1" in mc.get("ipAddresses", []), "managedCertificate lacks 127.0.0.1 (certificates.extraIpAddresses)")
+    else:
+        check(cfg["webhook"] == {"listen": f"0.0.0.0:{want_ports['https']}", "tlsCertFile": "/tls/tls.crt", "tlsKeyFile": "/tls/tls.key"}, f"config webhook {cfg['webhook']}")
     check(cfg["admin"] == {"listen": f"0.0.0.0:{want_ports['metrics']}"}, "config admin")
     # The chart owns the (empty) Lease, so that uninstall removes it.
     electing = cfg["sync"]["leaderElection"]["enabled"] and "--no-sync" not in c["args"]
@@ -385,7 +422,12 @@ def main():
     # --- certificates ---------------------------------------------------------------------
     ann = mwc["metadata"].get("annotations", {}) or {}
     ca_bundle = cc.get("caBundle")
-    if mode == "selfSigned":
+    if mode == "injector":
+        # Nothing minted at render time: no caBundle at all (the injector writes it), no Secret.
+        check("caBundle" not in cc, "injector mode must render no caBundle")
+        check(not by_kind.get("Secret", []) or all(x["metadata"]["name"] != tls_secret for x in by_kind["Secret"]),
+              "injector mode renders the TLS Secret")
+    elif mode == "selfSigned":
         s = [x for x in by_kind.get("Secret", []) if x["metadata"]["name"] == tls_secret]
         if check(len(s) == 1, "the TLS Secret is not rendered") and check(s[0]["type"] == "kubernetes.io/tls", "TLS Secret type"):
             d = s[0]["data"]
@@ -427,12 +469,15 @@ def main():
     for pr in by_kind.get("PrometheusRule", []):
         rules = [r for g in pr["spec"]["groups"] for r in g["rules"]]
         alerts = {r["alert"]: r for r in rules}
+        # Their behaviour is unit-tested with promtool (scripts/alerts-check.sh).
         for metric in ("pullsecret_injector_credential_expiry_timestamp_seconds", 'pullsecret_injector_credential_refresh_total{namespace="%s", result="failure"}[15m]' % ns,
-                       'pullsecret_injector_admission_requests_total{namespace="%s", outcome="invalid"}[15m]' % ns, "up{"):
+                       'pullsecret_injector_admission_requests_total{namespace="%s", outcome="invalid"}[15m]' % ns, "pullsecret_injector_ready{",
+                       "apiserver_admission_webhook_fail_open_count{", "apiserver_admission_webhook_rejection_count{"):
             check(any(metric in r["expr"] for r in rules), f"no alert on {metric}")
         for r in rules:
             check(r["expr"].count("(") == r["expr"].count(")") and r["expr"].count("{") == r["expr"].count("}"), f"unbalanced expr in {r['alert']}")
             check(r["labels"].get("severity") in ("warning", "critical"), f"{r['alert']} severity")
+            check(r["annotations"].get("runbook_url", "").endswith("#" + r["alert"].lower()), f"{r['alert']} runbook_url")
             check("for" not in r or re.fullmatch(r"\d+[smh]", r["for"]), f"{r['alert']} for")
             for a in r["annotations"].values():
                 check(a.count("{{") == a.count("}}"), f"{r['alert']} annotation templates")
@@ -624,21 +669,37 @@ check_case() {
 }
 
 ci=$CHART/ci
-check_case yandex-defaults selfSigned "" --set-file 'credentials.files.key\.json='"$work/key.json"
-check_case yandex selfSigned "" -f "$ci/yandex-values.yaml"
-check_case basic selfSigned "" -f "$ci/basic-values.yaml"
+check_case yandex-defaults injector "" --set-file 'credentials.files.key\.json='"$work/key.json"
+check_case yandex selfSigned "" -f "$ci/yandex-values.yaml" --set certificates.mode=selfSigned
+check_case basic injector "" -f "$ci/basic-values.yaml"
 check_case certmanager certManager "" -f "$ci/certmanager-values.yaml"
 printf 'certificates:\n  existingSecret:\n    caBundle: %s\n' "$(cat "$work/cabundle")" >"$work/generated-ca-values.yaml"
 check_case existing-tls existingSecret "" -f "$ci/existing-tls-values.yaml" -f "$work/generated-ca-values.yaml"
 check_case url selfSigned "https://127.0.0.1:8443/mutate" -f "$ci/url-values.yaml"
-check_case hostnet selfSigned "" -f "$ci/hostnetwork-values.yaml"
-check_case netpol selfSigned "" -f "$ci/networkpolicy-values.yaml"
+check_case hostnet injector "" -f "$ci/hostnetwork-values.yaml"
+check_case netpol injector "" -f "$ci/networkpolicy-values.yaml"
 # What helm install renders on a 1.30+ cluster (it discovers the API), with a retired name and
 # a Lease of another name; the API server compiles the policy's CEL in the dry run.
 check_case policy selfSigned "" -f "$ci/yandex-values.yaml" --set 'sync.retiredSecretNames={old-pull-secret}' \
-    --set sync.leaderElection.leaseName=psi-lease --api-versions admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy
-check_case wif-scoped selfSigned "" -f "$ci/wif-scoped-values.yaml"
+    --set sync.leaderElection.leaseName=psi-lease --api-versions admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy --set certificates.mode=selfSigned
+check_case wif-scoped injector "" -f "$ci/wif-scoped-values.yaml"
 check_case wif-scoped-url selfSigned "https://127.0.0.1:8443/mutate" -f "$ci/wif-scoped-values.yaml" -f "$ci/url-values.yaml"
+check_case url-injector injector "https://127.0.0.1:8443/mutate" -f "$ci/url-values.yaml" --set certificates.mode=injector
+
+step "certificates.mode=injector renders identically every time (no genCA, no lookup)"
+for args in "-f $ci/yandex-values.yaml" "-f $ci/url-values.yaml --set certificates.mode=injector --set metrics.prometheusRule.enabled=true"; do
+    # shellcheck disable=SC2086
+    a=$("$HELM" template "$RELEASE" "$CHART" --namespace "$NS" $args | sha256sum)
+    # shellcheck disable=SC2086
+    b=$("$HELM" template "$RELEASE" "$CHART" --namespace "$NS" $args | sha256sum)
+    [[ $a == "$b" ]] || die "two renders of $args differ"
+done
+pass "two helm template renders are byte-identical (default mode and url mode)"
+# ... and selfSigned does not (the problem injector mode solves): the check can tell.
+a=$("$HELM" template "$RELEASE" "$CHART" --namespace "$NS" -f "$ci/url-values.yaml" | sha256sum)
+b=$("$HELM" template "$RELEASE" "$CHART" --namespace "$NS" -f "$ci/url-values.yaml" | sha256sum)
+[[ $a != "$b" ]] || die "two selfSigned renders are identical: the identical-render check cannot tell"
+pass "selfSigned renders differ each time (genCA), so the check bites"
 
 step "Pod Security check bites"
 "$PY" - "$work/case-yandex/pod.yaml" "$work/weak-pod.yaml" <<'EOF'
@@ -813,6 +874,11 @@ pass "webhook only (sync.enabled=false): no RBAC, no policy, no token mounted; t
 INSTALLED=
 kubectl get mutatingwebhookconfiguration "$RELEASE" >/dev/null 2>&1 && die "helm uninstall left the MutatingWebhookConfiguration"
 pass "helm uninstall removed everything cluster-scoped"
+
+# ----------------------------------------------------------------------------------------
+step "alerts: promtool check/test of the PrometheusRule, and the API server's real series"
+PSI_HELM=$HELM scripts/alerts-check.sh || die "scripts/alerts-check.sh failed"
+pass "alerts (scripts/alerts-check.sh)"
 
 say "done in $((SECONDS - T0))s"
 printf 'chart-check: %d passed, 0 failed\n' "$PASSED"

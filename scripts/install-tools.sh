@@ -6,19 +6,24 @@
 #   scripts/install-tools.sh buildkit  Installs BuildKit's buildkitd and buildctl
 #                                      (BUILDKIT_VERSION below) unless cached; prints the folder
 #                                      holding both on stdout. Used by scripts/image.sh.
+#   scripts/install-tools.sh promtool  Installs Prometheus' promtool (PROMETHEUS_VERSION below)
+#                                      the same way; checks and unit-tests the chart's alerts.
 #
-# Neither is packaged by Debian and release downloads are not reachable here, so both are built
-# with `go install <module>/cmd/<tool>@vX` (needs Go >= the version their go.mod names).
+# None is packaged by Debian and release downloads are not reachable here, so all are built
+# from the Go module proxy (needs Go >= the version their go.mod names).
 # Binaries, Go module and build caches live under ${XDG_CACHE_HOME:-$HOME/.cache}/pullsecret-injector/
-# (bin/helm-vX/helm, bin/buildkit-vX/{buildkitd,buildctl}, go/mod, go/build: the module and
-# build caches are shared with scripts/control-plane.sh). Knobs: PSI_HELM_VERSION,
-# PSI_BUILDKIT_VERSION. Progress and errors go to stderr.
+# (bin/helm-vX/helm, bin/buildkit-vX/{buildkitd,buildctl}, bin/promtool-vX/promtool, go/mod,
+# go/build: the module and build caches are shared with scripts/control-plane.sh). Knobs:
+# PSI_HELM_VERSION, PSI_BUILDKIT_VERSION, PSI_PROMETHEUS_VERSION. Progress and errors go to stderr.
 set -euo pipefail
 
 # Newest helm v3 release on the module proxy (checked: v3.22.0, needs go >= 1.26.0).
 HELM_VERSION=${PSI_HELM_VERSION:-3.22.0}
 # Newest BuildKit release on the module proxy (checked: v0.34.2; needs go >= 1.26.8).
 BUILDKIT_VERSION=${PSI_BUILDKIT_VERSION:-0.34.2}
+# Newest Prometheus release on the module proxy (checked: 3.16.0, published as module version
+# v0.316.0; its go.mod has no replace or exclude directives and needs go >= 1.26.7).
+PROMETHEUS_VERSION=${PSI_PROMETHEUS_VERSION:-3.16.0}
 LIB_NAME=install-tools
 # shellcheck source=scripts/lib.sh
 source "$(dirname "$0")/lib.sh"
@@ -134,11 +139,44 @@ buildkit_cached() {
     done
 }
 
+# promtool at PROMETHEUS_VERSION: `go install` of github.com/prometheus/prometheus/cmd/promtool at
+# the release's module version (Prometheus 3.X.Y is published as v0.3XX.Y), with the version
+# ldflags of Prometheus' own build. Only `check rules` and `test rules` are used: no network.
+install_promtool() {
+    local v=$PROMETHEUS_VERSION dest bin out modv major minor patch lockfd
+    IFS=. read -r major minor patch <<<"$v"
+    [[ $major == 3 && -n $minor && -n $patch ]] || die "PSI_PROMETHEUS_VERSION=$v: expected a 3.X.Y release"
+    modv=v0.$((300 + minor)).$patch
+    dest=$CACHE_DIR/bin/promtool-v$v
+    bin=$dest/promtool
+    cached() { [[ -x $bin ]] && out=$("$bin" --version 2>/dev/null) && [[ $out == *"version $v "* ]]; }
+    if cached; then
+        say "promtool v$v cached: $bin"
+        echo "$bin"
+        return 0
+    fi
+    mkdir -p "$CACHE_DIR"
+    exec {lockfd}>>"$CACHE_DIR/promtool-install.lock"
+    flock -w 1800 "$lockfd" || die "timed out waiting for $CACHE_DIR/promtool-install.lock"
+    if cached; then
+        echo "$bin"
+        return 0
+    fi
+    go_install "promtool v$v (module $modv)" "$dest" "$LOG_DIR/build-promtool-v$v.log" "-s -w \
+        -X github.com/prometheus/common/version.Version=$v \
+        -X github.com/prometheus/common/version.Revision=module-proxy-$modv \
+        -X github.com/prometheus/common/version.Branch=release" \
+        "github.com/prometheus/prometheus/cmd/promtool@$modv"
+    cached || die "$bin reports '$("$bin" --version 2>&1 | head -n 1)', expected version $v"
+    echo "$bin"
+}
+
 case ${1:-} in
 helm) install_helm ;;
 buildkit) install_buildkit ;;
+promtool) install_promtool ;;
 *)
-    sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
     ;;
 esac

@@ -59,6 +59,10 @@ scripts/cluster.sh install
 step "image builder: install (BuildKit, local base images; cached after the first run)"
 scripts/image.sh install
 
+step "promtool (cached after the first run; checks and unit-tests the chart's alerts)"
+PSI_PROMTOOL=$(scripts/install-tools.sh promtool)
+export PSI_PROMTOOL
+
 cp_dir=$(mktemp -d /tmp/psi-cp.XXXXXX)
 cluster_dir=$(mktemp -d /tmp/psi-cluster.XXXXXX)
 cleanup() {

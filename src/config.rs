@@ -128,6 +128,10 @@ pub struct WebhookConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub max_buffered_body_bytes: Option<usize>,
+    /// When set, the injector keeps its own CA and serving certificate in a Secret and the
+    /// webhook configuration's `caBundle` (the two files above are not read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed_certificate: Option<crate::certs::config::ManagedCertificateConfig>,
 }
 
 impl Default for WebhookConfig {
@@ -145,6 +149,7 @@ impl Default for WebhookConfig {
             http2_keep_alive_timeout: None,
             max_request_body_bytes: None,
             max_buffered_body_bytes: None,
+            managed_certificate: None,
         }
     }
 }
@@ -524,6 +529,8 @@ pub struct Settings {
     pub tls_cert_file: PathBuf,
     /// Webhook key file.
     pub tls_key_file: PathBuf,
+    /// The certificate the injector keeps itself, instead of the files.
+    pub managed_certificate: Option<crate::certs::config::ManagedCertificate>,
     /// Admin bind address.
     pub admin_listen: SocketAddr,
     /// Connection limits of the webhook port.
@@ -634,6 +641,11 @@ impl Config {
         if self.webhook.tls_key_file.as_os_str().is_empty() {
             err("webhook.tlsKeyFile", "must not be empty".into());
         }
+        let managed_certificate = self
+            .webhook
+            .managed_certificate
+            .as_ref()
+            .and_then(|m| m.validate("webhook.managedCertificate", &mut err));
         let namespace_selector = LabelSelector::parse(&self.namespace_selector)
             .map_err(|e| {
                 err(
@@ -671,6 +683,7 @@ impl Config {
                     webhook_listen,
                     tls_cert_file: self.webhook.tls_cert_file.clone(),
                     tls_key_file: self.webhook.tls_key_file.clone(),
+                    managed_certificate,
                     admin_listen,
                     webhook_limits,
                     body_limits,
@@ -1003,7 +1016,7 @@ fn parse_listen(s: &str) -> Result<SocketAddr, String> {
         .map_err(|_| format!("{s:?} is not an address (expected ip:port, e.g. \"0.0.0.0:8443\")"))
 }
 
-mod duration {
+pub(crate) mod duration {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer, Serializer};

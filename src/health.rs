@@ -43,6 +43,8 @@ struct Parts {
     /// Registries whose last credential refresh failed, with the error.
     credential_problems: BTreeMap<String, String>,
     shutting_down: bool,
+    /// Set to 1 while ready, 0 otherwise, on every change.
+    ready_gauge: Option<prometheus_client::metrics::gauge::Gauge>,
 }
 
 impl Default for Parts {
@@ -56,6 +58,7 @@ impl Default for Parts {
             },
             credential_problems: BTreeMap::new(),
             shutting_down: false,
+            ready_gauge: None,
         }
     }
 }
@@ -82,7 +85,17 @@ impl Health {
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Parts) -> T) -> T {
-        f(&mut self.parts.lock().unwrap_or_else(|p| p.into_inner()))
+        let mut parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
+        let out = f(&mut parts);
+        if let Some(g) = &parts.ready_gauge {
+            g.set(i64::from(parts.not_ready_because().is_none()));
+        }
+        out
+    }
+
+    /// Keep `gauge` at 1 while ready and 0 otherwise (the `ready` metric).
+    pub fn report_ready_to(&self, gauge: prometheus_client::metrics::gauge::Gauge) {
+        self.with(|p| p.ready_gauge = Some(gauge));
     }
 
     /// Set the webhook's state.
@@ -137,15 +150,7 @@ impl Health {
     /// namespaces were never listed.
     pub fn readiness(&self) -> Report {
         self.with(|p| {
-            let why = if p.shutting_down {
-                Some("shutting down")
-            } else if p.webhook == Webhook::Starting {
-                Some("TLS certificate not loaded")
-            } else if p.sync.enabled && !p.sync.listed {
-                Some("sync task has not listed namespaces yet")
-            } else {
-                None
-            };
+            let why = p.not_ready_because();
             Report {
                 ok: why.is_none(),
                 text: p.describe(why.unwrap_or("ok")),
@@ -164,6 +169,18 @@ impl Health {
 }
 
 impl Parts {
+    fn not_ready_because(&self) -> Option<&'static str> {
+        if self.shutting_down {
+            Some("shutting down")
+        } else if self.webhook == Webhook::Starting {
+            Some("TLS certificate not loaded")
+        } else if self.sync.enabled && !self.sync.listed {
+            Some("sync task has not listed namespaces yet")
+        } else {
+            None
+        }
+    }
+
     fn describe(&self, first: &str) -> String {
         let mut out = format!("{first}\n");
         let webhook = match self.webhook {
@@ -221,6 +238,20 @@ mod tests {
         let r = h.readiness();
         assert!(!r.ok && r.text.starts_with("shutting down\n"));
         assert!(h.liveness().ok);
+    }
+
+    #[test]
+    fn the_ready_gauge_follows_readiness() {
+        let h = Health::new();
+        let g = prometheus_client::metrics::gauge::Gauge::default();
+        g.set(7);
+        h.report_ready_to(g.clone());
+        assert_eq!(g.get(), 0);
+        h.set_webhook(Webhook::Serving);
+        h.set_sync_listed();
+        assert_eq!(g.get(), 1);
+        h.set_shutting_down();
+        assert_eq!(g.get(), 0);
     }
 
     #[test]

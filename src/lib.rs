@@ -7,6 +7,7 @@
 //! [`labels`]) do no I/O so that their tests are plain and exhaustive.
 
 pub mod admission;
+pub mod certs;
 pub mod cli;
 pub mod config;
 pub mod credentials;

@@ -91,6 +91,10 @@ pub struct Metrics {
     pub managed_namespaces: Gauge,
     /// `foreign_secrets_total`: Secrets with our name but not our label, left alone.
     pub foreign_secrets: Counter,
+    /// `serving_certificate_expiry_timestamp_seconds`: `notAfter` of the webhook's certificate.
+    pub serving_certificate_expiry: Gauge<f64, AtomicU64>,
+    /// `ready`: 1 while `/readyz` answers 200.
+    pub ready: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -170,6 +174,18 @@ impl Metrics {
             "Secrets found with a managed name but without the managed-by label (left untouched)",
             foreign_secrets.clone(),
         );
+        let serving_certificate_expiry = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "serving_certificate_expiry_timestamp_seconds",
+            "Expiry (notAfter) of the webhook's serving certificate in use, Unix seconds (0 until one is loaded)",
+            serving_certificate_expiry.clone(),
+        );
+        let ready = Gauge::default();
+        registry.register(
+            "ready",
+            "1 while this replica is ready (GET /readyz answers 200): serving certificate loaded, namespaces listed, not shutting down",
+            ready.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             admission_injected,
@@ -183,6 +199,8 @@ impl Metrics {
             secret_writes,
             managed_namespaces,
             foreign_secrets,
+            serving_certificate_expiry,
+            ready,
         }
     }
 

@@ -23,6 +23,7 @@ use tokio::task::{Id, JoinError, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use crate::admission::Admission;
+use crate::certs::CertManager;
 use crate::cli::RunArgs;
 use crate::config::Settings;
 use crate::credentials::{HttpClient, HttpOptions};
@@ -214,6 +215,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let metrics = Metrics::new();
     let health = Health::new();
+    health.report_ready_to(metrics.ready.clone());
     let mut tasks = Supervisor::new();
     let stop = tasks.stop();
     // Cancelled at the first signal (and with `stop`): the end of this replica's candidacy.
@@ -221,21 +223,39 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     // Everything that can fail on bad input is checked before anything starts serving, so
     // that the process never runs half-configured.
-    let sync = if args.no_sync {
-        health.disable_sync();
-        None
+    let managed_certificate = settings
+        .managed_certificate
+        .clone()
+        .filter(|_| !args.no_webhook);
+    let client = if !args.no_sync || managed_certificate.is_some() {
+        Some(
+            kube::Client::try_default()
+                .await
+                .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?,
+        )
     } else {
-        Some(prepare_sync(&settings, &metrics, &health, &args).await?)
+        None
+    };
+    let sync = match &client {
+        Some(client) if !args.no_sync => {
+            Some(prepare_sync(client.clone(), &settings, &metrics, &health, &args).await?)
+        }
+        _ => {
+            health.disable_sync();
+            None
+        }
     };
     let webhook = if args.no_webhook {
         health.set_webhook(Webhook::Disabled);
         None
     } else {
-        Some(PreparedWebhook::bind(&settings).await?)
+        Some(PreparedWebhook::bind(&settings, &metrics).await?)
     };
     let admin_listener = server::bind(settings.admin_listen, "admin.listen").await?;
 
-    if webhook.is_some() {
+    // A certificate from files is loaded by now; one the injector keeps itself makes the
+    // webhook ready when its first pair is loaded.
+    if webhook.is_some() && managed_certificate.is_none() {
         health.set_webhook(Webhook::Serving);
     }
     let admin = server::admin_router(AdminState {
@@ -247,17 +267,30 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         let limits = settings.admin_limits.clone();
         async move { Ok(server::serve_admin(admin_listener, admin, limits, stop).await?) }
     });
+    let leading = sync.map(|sync| sync.spawn(&mut tasks, step_down.clone()));
     if let Some(webhook) = webhook {
         let admission = Admission::from_settings(&settings, metrics.clone());
+        if let (Some(managed), Some(client)) = (managed_certificate, client) {
+            let namespace = own_namespace(&client);
+            let manager = CertManager::new(
+                client,
+                &namespace,
+                managed,
+                webhook.store.clone(),
+                health.clone(),
+                args.tls_reload_interval,
+            );
+            let stop = tasks.stop();
+            // The Lease holder writes when the sync task elects one; otherwise every replica
+            // does (the writes are compare-and-swap, see certs).
+            tasks.spawn("serving certificate", manager.run(leading.flatten(), stop));
+        }
         webhook.spawn(
             &mut tasks,
             admission,
             health.clone(),
             args.tls_reload_interval,
         );
-    }
-    if let Some(sync) = sync {
-        sync.spawn(&mut tasks, step_down.clone());
     }
     tracing::info!(admin = %settings.admin_listen, registries = settings.registries.len(), webhook = !args.no_webhook, sync = !args.no_sync, "pullsecret-injector running");
 
@@ -283,11 +316,12 @@ struct PreparedWebhook {
 }
 
 impl PreparedWebhook {
-    async fn bind(settings: &Settings) -> anyhow::Result<Self> {
-        let store = Arc::new(CertStore::load(
-            &settings.tls_cert_file,
-            &settings.tls_key_file,
-        )?);
+    async fn bind(settings: &Settings, metrics: &Metrics) -> anyhow::Result<Self> {
+        let store = match settings.managed_certificate {
+            Some(_) => CertStore::empty(),
+            None => CertStore::load(&settings.tls_cert_file, &settings.tls_key_file)?,
+        };
+        let store = Arc::new(store.with_expiry_gauge(metrics.serving_certificate_expiry.clone()));
         let tls = store.server_config()?;
         let listener = server::bind(settings.webhook_listen, "webhook.listen").await?;
         Ok(Self {
@@ -337,17 +371,25 @@ struct PreparedSync {
 
 impl PreparedSync {
     /// Start its parts: the watches, the credential reports, the writer, and the leader
-    /// election that gates the writer (without one this replica always leads).
+    /// election that gates the writer (without one this replica always leads). Returns
+    /// whether this replica leads, when there is an election.
     ///
     /// The election ends at `step_down`, the first shutdown signal: the writer stops and the
     /// Lease is released at once, so that another replica takes over while this one still
     /// serves the webhook for the shutdown delay, and before `helm uninstall` has removed the
     /// RBAC the release needs. The task itself then waits for the stop like every other.
-    fn spawn(self, tasks: &mut Supervisor, step_down: CancellationToken) {
+    fn spawn(
+        self,
+        tasks: &mut Supervisor,
+        step_down: CancellationToken,
+    ) -> Option<tokio::sync::watch::Receiver<bool>> {
         let Self { task, elector } = self;
         let stop = tasks.stop();
         let (leading_tx, leading) = tokio::sync::watch::channel(elector.is_none());
-        let writer = task.clone().write_while_leading(leading, stop.clone());
+        let writer = task
+            .clone()
+            .write_while_leading(leading.clone(), stop.clone());
+        let elected = elector.as_ref().map(|_| leading);
         match elector {
             Some(elector) => {
                 let until = step_down.cancelled_owned();
@@ -376,10 +418,12 @@ impl PreparedSync {
             task.clone().watch_secrets(stop.clone()),
         );
         tasks.spawn("credential reports", task.report_credentials(stop));
+        elected
     }
 }
 
 async fn prepare_sync(
+    client: kube::Client,
     settings: &Settings,
     metrics: &Metrics,
     health: &Arc<Health>,
@@ -400,9 +444,6 @@ async fn prepare_sync(
             );
         }
     }
-    let client = kube::Client::try_default()
-        .await
-        .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
     let identity = leader::default_identity();
     let namespace = own_namespace(&client);
     let le = &settings.sync.leader_election;

@@ -6,12 +6,19 @@
 //! valid matching pair, swap it in. Broken files leave the old certificate serving and are
 //! logged once per distinct content. The server's `ServerConfig` never changes: a resolver
 //! hands out the current `CertifiedKey` on each handshake.
+//!
+//! With a certificate managed by the injector itself ([`crate::certs`]) there are no files:
+//! the store starts empty (handshakes fail and readiness is false until a pair arrives) and
+//! pairs are handed in as PEM through [`CertStore::install_pem`], with the same rules (same
+//! content: nothing happens; a broken pair: the old one keeps serving).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use prometheus_client::metrics::gauge::Gauge;
 use rustls::ServerConfig;
 use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -70,18 +77,20 @@ pub enum TlsError {
 
 /// The certificate pair in use, swapped atomically on reload.
 pub struct CertStore {
-    cert_path: PathBuf,
-    key_path: PathBuf,
-    current: RwLock<Arc<CertifiedKey>>,
+    /// Where pairs come from: the files, or `None` when they are handed in as PEM.
+    files: Option<(PathBuf, PathBuf)>,
+    current: RwLock<Option<Arc<CertifiedKey>>>,
     /// Hash of the content last looked at (good or bad), to log a broken pair only once.
     seen: Mutex<[u8; 32]>,
+    /// Set to the serving certificate's `notAfter` (Unix seconds) on every swap.
+    expiry: Option<Gauge<f64, AtomicU64>>,
 }
 
 impl fmt::Debug for CertStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CertStore")
-            .field("cert_path", &self.cert_path)
-            .field("key_path", &self.key_path)
+            .field("files", &self.files)
+            .field("loaded", &self.is_loaded())
             .finish_non_exhaustive()
     }
 }
@@ -104,16 +113,50 @@ impl CertStore {
         let key = key?;
         tracing::info!(cert = %cert_path.display(), sha256 = %hex(&hash[..8]), "TLS certificate loaded");
         Ok(Self {
-            cert_path: cert_path.to_path_buf(),
-            key_path: key_path.to_path_buf(),
-            current: RwLock::new(Arc::new(key)),
+            files: Some((cert_path.to_path_buf(), key_path.to_path_buf())),
+            current: RwLock::new(Some(Arc::new(key))),
             seen: Mutex::new(hash),
+            expiry: None,
         })
     }
 
+    /// A store with no pair yet, filled through [`CertStore::install_pem`]: until then every
+    /// handshake fails.
+    pub fn empty() -> Self {
+        Self {
+            files: None,
+            current: RwLock::new(None),
+            seen: Mutex::new([0; 32]),
+            expiry: None,
+        }
+    }
+
+    /// Publish the serving certificate's expiry (Unix seconds) in `gauge`, now and on every swap.
+    pub fn with_expiry_gauge(mut self, gauge: Gauge<f64, AtomicU64>) -> Self {
+        if let Some(t) = self.current().and_then(|k| not_after(&k)) {
+            gauge.set(t as f64);
+        }
+        self.expiry = Some(gauge);
+        self
+    }
+
+    /// Whether a pair is serving.
+    pub fn is_loaded(&self) -> bool {
+        self.current().is_some()
+    }
+
+    /// `notAfter` of the serving certificate in use (Unix seconds).
+    pub fn not_after(&self) -> Option<i64> {
+        self.current().and_then(|k| not_after(&k))
+    }
+
     /// Re-read the files and swap the pair in when their content changed and is valid.
+    /// A store without files never changes here.
     pub fn reload(&self) -> Reload {
-        let (hash, parsed) = match read_pair(&self.cert_path, &self.key_path) {
+        let Some((cert_path, key_path)) = &self.files else {
+            return Reload::Unchanged;
+        };
+        let (hash, parsed) = match read_pair(cert_path, key_path) {
             Ok(r) => r,
             Err(e) => {
                 // Unreadable (e.g. mid-swap); try again next tick, keep serving.
@@ -121,6 +164,24 @@ impl CertStore {
                 return Reload::Unchanged;
             }
         };
+        self.swap(hash, parsed, &cert_path.display().to_string())
+    }
+
+    /// Serve this PEM pair (`origin` names where it came from, for logs and errors) when it
+    /// differs from the last one handed in and is valid; a broken pair leaves the current
+    /// one serving.
+    pub fn install_pem(&self, cert_pem: &[u8], key_pem: &[u8], origin: &str) -> Reload {
+        let hash = content_hash(cert_pem, key_pem);
+        if *self.seen.lock().unwrap_or_else(|p| p.into_inner()) == hash {
+            return Reload::Unchanged;
+        }
+        let cert_path = PathBuf::from(format!("{origin} tls.crt"));
+        let key_path = PathBuf::from(format!("{origin} tls.key"));
+        let parsed = parse_pair(&cert_path, cert_pem, &key_path, key_pem);
+        self.swap(hash, parsed, origin)
+    }
+
+    fn swap(&self, hash: [u8; 32], parsed: Parsed, origin: &str) -> Reload {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         if *seen == hash {
             return Reload::Unchanged;
@@ -128,12 +189,16 @@ impl CertStore {
         *seen = hash;
         match parsed {
             Ok(key) => {
-                *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(key);
-                tracing::info!(cert = %self.cert_path.display(), sha256 = %hex(&hash[..8]), "TLS certificate reloaded");
+                let expires = not_after(&key);
+                *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(key));
+                if let (Some(g), Some(t)) = (&self.expiry, expires) {
+                    g.set(t as f64);
+                }
+                tracing::info!(cert = %origin, sha256 = %hex(&hash[..8]), not_after = ?expires, "TLS certificate reloaded");
                 Reload::Reloaded
             }
             Err(e) => {
-                tracing::warn!(error = %e, "new TLS files are not usable; the previous certificate keeps serving");
+                tracing::warn!(error = %e, "new TLS certificate is not usable; the previous certificate keeps serving");
                 Reload::Rejected
             }
         }
@@ -160,8 +225,8 @@ impl CertStore {
         }
     }
 
-    /// The pair in use.
-    pub fn current(&self) -> Arc<CertifiedKey> {
+    /// The pair in use, if any.
+    pub fn current(&self) -> Option<Arc<CertifiedKey>> {
         self.current
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -185,7 +250,7 @@ struct Resolver(Arc<CertStore>);
 
 impl ResolvesServerCert for Resolver {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.current())
+        self.0.current()
     }
 }
 
@@ -203,12 +268,23 @@ fn read_pair(cert_path: &Path, key_path: &Path) -> Result<([u8; 32], Parsed), Tl
         path: key_path.to_path_buf(),
         source,
     })?;
+    let hash = content_hash(&cert_pem, &key_pem);
+    Ok((hash, parse_pair(cert_path, &cert_pem, key_path, &key_pem)))
+}
+
+fn content_hash(cert_pem: &[u8], key_pem: &[u8]) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update((cert_pem.len() as u64).to_le_bytes());
-    h.update(&cert_pem);
-    h.update(&key_pem);
-    let hash: [u8; 32] = h.finalize().into();
-    Ok((hash, parse_pair(cert_path, &cert_pem, key_path, &key_pem)))
+    h.update(cert_pem);
+    h.update(key_pem);
+    h.finalize().into()
+}
+
+/// `notAfter` of the pair's end-entity certificate, Unix seconds.
+fn not_after(key: &CertifiedKey) -> Option<i64> {
+    let der = key.end_entity_cert().ok()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    Some(cert.validity().not_after.timestamp())
 }
 
 fn parse_pair(cert_path: &Path, cert_pem: &[u8], key_path: &Path, key_pem: &[u8]) -> Parsed {
@@ -243,4 +319,64 @@ fn parse_pair(cert_path: &Path, cert_pem: &[u8], key_path: &Path, key_pem: &[u8]
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::certs::pki::{new_ca, new_serving};
+
+    fn pair(not_after_in: u64) -> (Vec<u8>, Vec<u8>, i64) {
+        let now = jiff::Timestamp::now().as_second();
+        let ca = new_ca("ca", now, Duration::from_secs(3600)).unwrap();
+        let leaf = new_serving(
+            &ca.info,
+            &ca.key_pem,
+            &["a.svc".into()],
+            &[],
+            now,
+            Duration::from_secs(not_after_in),
+        )
+        .unwrap();
+        (
+            leaf.info.pem().into_bytes(),
+            leaf.key_pem.expose().as_bytes().to_vec(),
+            leaf.info.not_after,
+        )
+    }
+
+    #[test]
+    fn an_empty_store_serves_nothing_until_a_valid_pair_is_handed_in() {
+        install_crypto_provider();
+        let gauge = Gauge::<f64, AtomicU64>::default();
+        let store = CertStore::empty().with_expiry_gauge(gauge.clone());
+        assert!(!store.is_loaded() && store.current().is_none());
+        assert_eq!(store.reload(), Reload::Unchanged, "no files to re-read");
+        assert_eq!(gauge.get(), 0.0);
+
+        let (crt, key, not_after) = pair(600);
+        assert_eq!(store.install_pem(&crt, &key, "test"), Reload::Reloaded);
+        assert!(store.is_loaded());
+        assert_eq!(store.not_after(), Some(not_after));
+        assert_eq!(gauge.get(), not_after as f64);
+        assert_eq!(store.install_pem(&crt, &key, "test"), Reload::Unchanged);
+
+        // A key that does not fit, then garbage: refused, the pair in use stays.
+        let (other_crt, _, _) = pair(300);
+        assert_eq!(
+            store.install_pem(&other_crt, &key, "test"),
+            Reload::Rejected
+        );
+        assert_eq!(
+            store.install_pem(b"junk", b"junk", "test"),
+            Reload::Rejected
+        );
+        assert_eq!(store.not_after(), Some(not_after));
+
+        let (crt2, key2, not_after2) = pair(1200);
+        assert_eq!(store.install_pem(&crt2, &key2, "test"), Reload::Reloaded);
+        assert_eq!(gauge.get(), not_after2 as f64);
+    }
 }

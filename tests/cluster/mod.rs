@@ -241,6 +241,20 @@ impl Injector {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Self {
+        let mut me = Self::spawn_with_config(dir, config, webhook_port, admin_port, args, env);
+        me.wait_ready(Duration::from_secs(30));
+        me
+    }
+
+    /// Like [`Injector::start_with_config`], without waiting until it is ready.
+    pub fn spawn_with_config(
+        dir: &Path,
+        config: &Path,
+        webhook_port: u16,
+        admin_port: u16,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let log = dir.join(format!("injector-{webhook_port}.log"));
         let stderr = std::fs::File::create(&log).expect("creating log file");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_pullsecret-injector"));
@@ -256,15 +270,13 @@ impl Injector {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("starting pullsecret-injector");
-        let mut me = Self {
+        Self {
             child: Some(child),
             webhook_port,
             admin_port,
             log,
             config: config.to_path_buf(),
-        };
-        me.wait_ready(Duration::from_secs(30));
-        me
+        }
     }
 
     /// Poll `/readyz` until 200; panics with the log on timeout or early exit.
@@ -614,9 +626,21 @@ pub async fn chart_service_account(
 ) -> PathBuf {
     create_namespace(client, namespace, &[]).await;
     let sa = apply_chart_rbac(cp, release, namespace, names);
+    service_account_kubeconfig(cp, dir, release, namespace, &sa)
+}
+
+/// A kubeconfig (written into `dir`, named after `release`) that authenticates to `cp` as
+/// ServiceAccount `namespace/sa`, with a TokenRequest token.
+pub fn service_account_kubeconfig(
+    cp: &ControlPlane,
+    dir: &Path,
+    release: &str,
+    namespace: &str,
+    sa: &str,
+) -> PathBuf {
     let token = cp
         .kubectl()
-        .args(["create", "token", &sa, "-n", namespace, "--duration", "2h"])
+        .args(["create", "token", sa, "-n", namespace, "--duration", "2h"])
         .output()
         .expect("running kubectl create token");
     assert!(

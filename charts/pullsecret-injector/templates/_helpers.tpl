@@ -60,10 +60,12 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- .Values.sync.leaderElection.leaseNamespace | default .Release.Namespace -}}
 {{- end -}}
 
-{{/* Name of the TLS Secret mounted at /tls. */}}
+{{/* Name of the TLS Secret (mounted at /tls; in injector mode written and read by the injector). */}}
 {{- define "psi.tlsSecretName" -}}
 {{- if eq .Values.certificates.mode "existingSecret" -}}
 {{- required "certificates.existingSecret.name is required when certificates.mode is existingSecret" .Values.certificates.existingSecret.name -}}
+{{- else if eq .Values.certificates.mode "injector" -}}
+{{- printf "%s-webhook-tls" (include "psi.fullname" .) -}}
 {{- else -}}
 {{- printf "%s-tls" (include "psi.fullname" .) -}}
 {{- end -}}
@@ -164,8 +166,20 @@ knows are written (its parser refuses unknown fields).
 {{- $le := .Values.sync.leaderElection -}}
 webhook:
   listen: {{ printf "0.0.0.0:%s" (include "psi.webhookPort" .) | toJson }}
+  {{- if eq .Values.certificates.mode "injector" }}
+  # The injector keeps its own CA and certificate (certificates.mode=injector).
+  managedCertificate:
+    secretName: {{ include "psi.tlsSecretName" . | toJson }}
+    webhookConfiguration: {{ include "psi.fullname" . | toJson }}
+    dnsNames: {{ include "psi.dnsNames" . | fromYamlArray | toJson }}
+    ipAddresses: {{ .Values.certificates.extraIpAddresses | toJson }}
+    caValidity: {{ .Values.certificates.injector.caValidity | toString | toJson }}
+    certificateValidity: {{ .Values.certificates.injector.certificateValidity | toString | toJson }}
+    publishDelay: {{ .Values.certificates.injector.publishDelay | toString | toJson }}
+  {{- else }}
   tlsCertFile: /tls/tls.crt
   tlsKeyFile: /tls/tls.key
+  {{- end }}
 admin:
   listen: {{ printf "0.0.0.0:%s" (include "psi.adminPort" .) | toJson }}
 # The same namespaces as the MutatingWebhookConfiguration's namespaceSelector.
@@ -293,8 +307,8 @@ from somewhere, and from one place only.
 {{- if and .Values.credentials.existingSecret .Values.credentials.files -}}
 {{- fail "credentials: set either credentials.existingSecret or credentials.files, not both" -}}
 {{- end -}}
-{{- if not (has .Values.certificates.mode (list "selfSigned" "certManager" "existingSecret")) -}}
-{{- fail (printf "certificates.mode: %q is not one of selfSigned, certManager, existingSecret" .Values.certificates.mode) -}}
+{{- if not (has .Values.certificates.mode (list "injector" "selfSigned" "certManager" "existingSecret")) -}}
+{{- fail (printf "certificates.mode: %q is not one of injector, selfSigned, certManager, existingSecret" .Values.certificates.mode) -}}
 {{- end -}}
 {{- if and .Values.networkPolicy.enabled .Values.hostNetwork.enabled -}}
 {{- fail "networkPolicy.enabled has no effect with hostNetwork.enabled (NetworkPolicies do not apply to host-network Pods): disable one of them" -}}
