@@ -9,9 +9,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::Value;
 
 use crate::config::Settings;
-use crate::credentials::{HttpClient, HttpOptions};
+use crate::credentials::probe::{self, ProbeResult};
+use crate::credentials::{Credential, HttpClient, HttpOptions};
 use crate::mutate::{Decision, PodView, SkipReason, plan};
-use crate::registry::Registries;
+use crate::registry::{HostPattern, Registries};
 use crate::sync;
 
 /// Kubernetes admission webhook that injects registry-aware imagePullSecrets, and keeps
@@ -41,8 +42,9 @@ pub enum LogFormat {
 pub enum Command {
     /// Run the webhook and the sync task.
     Run(RunArgs),
-    /// Validate the config, fetch every registry's credentials once, print their expiry.
-    Check(ConfigArg),
+    /// Validate the config, fetch every registry's credentials once, print their expiry;
+    /// with --probe, prove each against the registry.
+    Check(CheckArgs),
     /// Offline: print the JSON patch and the Secrets that would be injected into a Pod.
     Explain(ExplainArgs),
     /// Print the version.
@@ -55,6 +57,19 @@ pub struct ConfigArg {
     /// Config file (YAML).
     #[arg(long, env = "PULLSECRET_INJECTOR_CONFIG")]
     pub config: PathBuf,
+}
+
+/// `check` flags.
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    /// Config file.
+    pub config: ConfigArg,
+    /// Also prove each credential against each registry host with the registry's own auth
+    /// flow (`GET /v2/`, its Basic or Bearer challenge); exit 1 unless every probed host
+    /// accepts it.
+    #[arg(long)]
+    pub probe: bool,
 }
 
 /// `run` flags.
@@ -97,7 +112,7 @@ pub struct ExplainArgs {
 pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => crate::run::run(args).await,
-        Command::Check(args) => check(&args.config).await,
+        Command::Check(args) => check(&args.config.config, args.probe).await,
         Command::Explain(args) => explain(&args),
         Command::Version => {
             println!("pullsecret-injector {}", env!("CARGO_PKG_VERSION"));
@@ -110,12 +125,13 @@ fn load(path: &Path) -> anyhow::Result<Settings> {
     Ok(Settings::load(path)?)
 }
 
-async fn check(config: &Path) -> anyhow::Result<()> {
+async fn check(config: &Path, probe: bool) -> anyhow::Result<()> {
     let settings = load(config)?;
     println!("config {}: ok", config.display());
     let http = HttpClient::new(HttpOptions::default())?;
     let registries = sync::registries(&settings, &http)?;
     let mut failed = Vec::new();
+    let mut refused = Vec::new();
     for r in &registries {
         let hosts = r.hosts.join(",");
         match r.provider.fetch().await {
@@ -131,6 +147,9 @@ async fn check(config: &Path) -> anyhow::Result<()> {
                     r.secret_name,
                     r.provider.kind()
                 );
+                if probe {
+                    refused.extend(check_probe(r, &c, &http).await);
+                }
             }
             Err(e) => {
                 println!(
@@ -150,7 +169,52 @@ async fn check(config: &Path) -> anyhow::Result<()> {
             failed.join(", ")
         );
     }
+    if !refused.is_empty() {
+        bail!("{}", refused.join("; "));
+    }
     Ok(())
+}
+
+/// Probe `credential` at the registry's probe hosts, printing a line per host; returns a
+/// line per host that did not accept it.
+async fn check_probe(
+    r: &sync::RegistrySync,
+    credential: &Credential,
+    http: &HttpClient,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    let data = credential.secret_data(&r.hosts);
+    for host in &r.hosts {
+        let probed = HostPattern::parse(host)
+            .ok()
+            .is_some_and(|h| r.probe_hosts.contains(&h));
+        if !probed {
+            let why = match HostPattern::parse(host).ok().as_ref().map(probe::target) {
+                Some(None) => "a glob names no host to ask",
+                _ => "not in probeHosts",
+            };
+            println!("registry {}: host {host}: not probed ({why})", r.name);
+        }
+    }
+    for p in probe::probe_data(http, &r.probe_hosts, data.expose()).await {
+        let result = p.probe.result;
+        let word = if result == ProbeResult::Accepted {
+            result.as_str().to_string()
+        } else {
+            result.as_str().to_uppercase()
+        };
+        println!(
+            "registry {}: host {}: {word}: {}",
+            r.name, p.host, p.probe.answer
+        );
+        if result != ProbeResult::Accepted {
+            problems.push(format!(
+                "registry {} host {}: {result}: {}",
+                r.name, p.host, p.probe.answer
+            ));
+        }
+    }
+    problems
 }
 
 fn explain(args: &ExplainArgs) -> anyhow::Result<()> {

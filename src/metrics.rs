@@ -15,6 +15,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
+use crate::credentials::probe::ProbeResult;
+
 /// Prefix of every metric name.
 pub const PREFIX: &str = "pullsecret_injector";
 
@@ -64,6 +66,17 @@ pub struct RefreshLabel {
     pub result: &'static str,
 }
 
+/// Labels of the registry probe's metrics.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ProbeLabel {
+    /// `registries[].name`.
+    pub registry: String,
+    /// `host[:port]` probed.
+    pub host: String,
+    /// `accepted`, `refused`, `unreachable` or `error`.
+    pub result: &'static str,
+}
+
 /// Labels of write counters.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ResultLabel {
@@ -91,6 +104,15 @@ pub struct Metrics {
     pub managed_namespaces: Gauge,
     /// `foreign_secrets_total`: Secrets with our name but not our label, left alone.
     pub foreign_secrets: Counter,
+    /// `credential_probe_total{registry,host,result}`.
+    pub credential_probe: Family<ProbeLabel, Counter>,
+    /// `credential_probe_result{registry,host,result}`: 1 for the latest result, 0 for the
+    /// others.
+    pub credential_probe_result: Family<ProbeLabel, Gauge>,
+    /// `pods_without_credentials{registry}`.
+    pub pods_without_credentials: Family<RegistryLabel, Gauge>,
+    /// `pod_deletions_total{result}`.
+    pub pod_deletions: Family<ResultLabel, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -170,6 +192,30 @@ impl Metrics {
             "Secrets found with a managed name but without the managed-by label (left untouched)",
             foreign_secrets.clone(),
         );
+        let credential_probe = Family::<ProbeLabel, Counter>::default();
+        registry.register(
+            "credential_probe",
+            "Probes of newly minted credentials against the registry (GET /v2/ and its auth challenge), by registry, host and result",
+            credential_probe.clone(),
+        );
+        let credential_probe_result = Family::<ProbeLabel, Gauge>::default();
+        registry.register(
+            "credential_probe_result",
+            "Result of the latest probe of a registry host: 1 on the series of that result, 0 on the others",
+            credential_probe_result.clone(),
+        );
+        let pods_without_credentials = Family::<RegistryLabel, Gauge>::default();
+        registry.register(
+            "pods_without_credentials",
+            "Pending Pods in opted-in namespaces whose images need this registry's Secret and that do not name it",
+            pods_without_credentials.clone(),
+        );
+        let pod_deletions = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "pod_deletions",
+            "Deletions of controller-owned Pods left without their Secrets (podReport.deleteOwnedPods), by result",
+            pod_deletions.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             admission_injected,
@@ -183,6 +229,25 @@ impl Metrics {
             secret_writes,
             managed_namespaces,
             foreign_secrets,
+            credential_probe,
+            credential_probe_result,
+            pods_without_credentials,
+            pod_deletions,
+        }
+    }
+
+    /// Count a probe of `host` and make `result` the latest one.
+    pub fn record_probe(&self, registry: &str, host: &str, result: ProbeResult) {
+        let label = |r: ProbeResult| ProbeLabel {
+            registry: registry.to_string(),
+            host: host.to_string(),
+            result: r.as_str(),
+        };
+        self.credential_probe.get_or_create(&label(result)).inc();
+        for r in ProbeResult::ALL {
+            self.credential_probe_result
+                .get_or_create(&label(r))
+                .set(i64::from(r == result));
         }
     }
 
@@ -236,6 +301,16 @@ mod tests {
         m.secret_writes
             .get_or_create(&ResultLabel { result: "created" })
             .inc();
+        m.record_probe("yandex", "cr.yandex", ProbeResult::Accepted);
+        m.record_probe("yandex", "cr.yandex", ProbeResult::Refused);
+        m.pods_without_credentials
+            .get_or_create(&RegistryLabel {
+                registry: "yandex".into(),
+            })
+            .set(2);
+        m.pod_deletions
+            .get_or_create(&ResultLabel { result: "deleted" })
+            .inc();
         let text = m.encode();
         for name in [
             "pullsecret_injector_admission_requests_total{outcome=\"injected\"} 1",
@@ -248,6 +323,13 @@ mod tests {
             "pullsecret_injector_credential_refresh_total{registry=\"yandex\",result=\"success\"} 1",
             "pullsecret_injector_secret_writes_total{result=\"created\"} 1",
             "pullsecret_injector_managed_namespaces 0",
+            "pullsecret_injector_credential_probe_total{registry=\"yandex\",host=\"cr.yandex\",result=\"accepted\"} 1",
+            "pullsecret_injector_credential_probe_total{registry=\"yandex\",host=\"cr.yandex\",result=\"refused\"} 1",
+            "pullsecret_injector_credential_probe_result{registry=\"yandex\",host=\"cr.yandex\",result=\"refused\"} 1",
+            "pullsecret_injector_credential_probe_result{registry=\"yandex\",host=\"cr.yandex\",result=\"accepted\"} 0",
+            "pullsecret_injector_credential_probe_result{registry=\"yandex\",host=\"cr.yandex\",result=\"unreachable\"} 0",
+            "pullsecret_injector_pods_without_credentials{registry=\"yandex\"} 2",
+            "pullsecret_injector_pod_deletions_total{result=\"deleted\"} 1",
             "# EOF",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
