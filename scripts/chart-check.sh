@@ -210,7 +210,18 @@ def main():
     check(svc["spec"]["selector"] == sel, "Service selector")
 
     # --- RBAC ---------------------------------------------------------------------------
-    cr = one("ClusterRole")
+    # rbac.yaml's ClusterRole, and rbac-pods.yaml's (podReport) when the sync task runs.
+    cfg = yaml.safe_load(cm["data"]["config.yaml"])
+    crs = {r["metadata"]["name"]: r for r in by_kind.get("ClusterRole", [])}
+    report = "--no-sync" not in c["args"] and cfg.get("podReport", {}).get("enabled") is True
+    want_crs = {fullname} | ({f"{fullname}-pods"} if report else set())
+    check(set(crs) == want_crs, f"ClusterRoles {sorted(crs)}, want {sorted(want_crs)}")
+    check(len(by_kind.get("ClusterRoleBinding", [])) == len(want_crs), "one ClusterRoleBinding per ClusterRole")
+    if report:
+        verbs = ["list", "watch"] + (["delete"] if cfg["podReport"].get("deleteOwnedPods") else [])
+        pod_rules = [(r["apiGroups"], r["resources"], sorted(r["verbs"])) for r in crs[f"{fullname}-pods"]["rules"]]
+        check(pod_rules == [([""], ["pods"], sorted(verbs))], f"pods ClusterRole rules {pod_rules}")
+    cr = crs.get(fullname, {})
     rules = sorted((tuple(r["apiGroups"]), tuple(r["resources"]), tuple(sorted(r["verbs"]))) for r in cr.get("rules", []))
     want = sorted([
         (("",), ("namespaces",), ("get", "list", "watch")),
@@ -229,7 +240,6 @@ def main():
           "RoleBinding and Role in different namespaces")
 
     # --- config file ----------------------------------------------------------------------
-    cfg = yaml.safe_load(cm["data"]["config.yaml"])
     open(f"{out}/config.yaml", "w").write(cm["data"]["config.yaml"])
     check(cfg["webhook"] == {"listen": "0.0.0.0:8443", "tlsCertFile": "/tls/tls.crt", "tlsKeyFile": "/tls/tls.key"}, f"config webhook {cfg['webhook']}")
     check(cfg["admin"] == {"listen": "0.0.0.0:8080"}, "config admin")
@@ -519,10 +529,14 @@ can yes update leases.coordination.k8s.io "$INS"
 can no delete leases.coordination.k8s.io "$INS"
 can no get leases.coordination.k8s.io default
 can no create pods
+can yes watch pods
+can yes list pods
+can no delete pods
+can no get pods
 can no update namespaces
 can no list configmaps
 can no create mutatingwebhookconfigurations.admissionregistration.k8s.io
-pass "RBAC as $as: 15 can-i answers as designed"
+pass "RBAC as $as: 19 can-i answers as designed"
 "$HELM" uninstall "$RELEASE" -n "$INS" >/dev/null 2>&1 || die "helm uninstall failed"
 INSTALLED=
 kubectl get mutatingwebhookconfiguration "$RELEASE" >/dev/null 2>&1 && die "helm uninstall left the MutatingWebhookConfiguration"

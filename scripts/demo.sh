@@ -91,12 +91,15 @@ registries:
   - name: yandex
     hosts: ["cr.yandex", "registry.yandexcloud.net"]
     secretName: yc-registry-secret
+    # No probe: containerd maps these names to the local registry, the injector must not
+    # look them up.
+    probeHosts: []
     credentials:
       basic: { username: iam, passwordFile: /creds/password }
 EOF
 kubectl create namespace "$ns" >/dev/null
 "$helm" template demo charts/pullsecret-injector -n "$ns" -f "$work/values.yaml" \
-  --show-only templates/serviceaccount.yaml --show-only templates/rbac.yaml \
+  --show-only templates/serviceaccount.yaml --show-only templates/rbac.yaml --show-only templates/rbac-pods.yaml \
   --show-only templates/webhook.yaml --show-only templates/configmap.yaml >"$work/rendered.yaml"
 kubectl apply -f "$work/rendered.yaml"
 # The chart's config, with the container paths pointed at local files and loopback ports.

@@ -1,7 +1,8 @@
-//! Command line: `run` (see [`crate::run`]), `check`, `explain`, `version`.
+//! Command line: `run` (see [`crate::run`]), `check`, `explain`, `report`, `version`.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -47,6 +48,9 @@ pub enum Command {
     Check(CheckArgs),
     /// Offline: print the JSON patch and the Secrets that would be injected into a Pod.
     Explain(ExplainArgs),
+    /// List the Pods in opted-in namespaces that lack a Secret their images need (exit 0:
+    /// none, 2: some, 1: error).
+    Report(ReportArgs),
     /// Print the version.
     Version,
 }
@@ -97,6 +101,29 @@ pub struct RunArgs {
     pub credential_file_check_interval: Duration,
 }
 
+/// `report` flags.
+#[derive(Debug, clap::Args)]
+pub struct ReportArgs {
+    #[command(flatten)]
+    /// Config file.
+    pub config: ConfigArg,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = ReportFormat::Table)]
+    pub output: ReportFormat,
+}
+
+/// `report -o`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    /// An aligned table with a header.
+    Table,
+    /// `{"pods": [...]}`.
+    Json,
+}
+
+/// Exit status of `report` when it lists Pods.
+pub const REPORT_FOUND: u8 = 2;
+
 /// `explain` flags.
 #[derive(Debug, clap::Args)]
 pub struct ExplainArgs {
@@ -108,17 +135,43 @@ pub struct ExplainArgs {
     pub file: PathBuf,
 }
 
-/// Run a parsed command line.
-pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+/// Run a parsed command line; the exit status on success (`report` tells with it whether
+/// it found Pods).
+pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(args) => crate::run::run(args).await,
         Command::Check(args) => check(&args.config.config, args.probe).await,
         Command::Explain(args) => explain(&args),
+        Command::Report(args) => return report(&args).await,
         Command::Version => {
             println!("pullsecret-injector {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
     }
+    .map(|()| ExitCode::SUCCESS)
+}
+
+async fn report(args: &ReportArgs) -> anyhow::Result<ExitCode> {
+    let settings = load(&args.config.config)?;
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
+    let found = crate::pods::report::collect(&client, &settings)
+        .await
+        .context("listing the opted-in namespaces and their Pending Pods")?;
+    match args.output {
+        ReportFormat::Json => println!("{}", crate::pods::report::json(&found)),
+        ReportFormat::Table if found.is_empty() => println!(
+            "no Pending Pod in the namespaces matching {} lacks a Secret its images need",
+            settings.namespace_selector
+        ),
+        ReportFormat::Table => print!("{}", crate::pods::report::table(&found)),
+    }
+    Ok(if found.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(REPORT_FOUND)
+    })
 }
 
 fn load(path: &Path) -> anyhow::Result<Settings> {

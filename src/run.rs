@@ -31,6 +31,7 @@ use crate::metrics::Metrics;
 use crate::registry::Registries;
 use crate::server::{self, AdminState, Limits};
 use crate::sync::leader::{self, LeaderConfig, LeaderElector};
+use crate::sync::pods::PodReport;
 use crate::sync::refresh::RefreshTiming;
 use crate::sync::{self, SyncOptions, SyncTask};
 use crate::tls::CertStore;
@@ -309,15 +310,25 @@ impl PreparedWebhook {
 struct PreparedSync {
     task: Arc<SyncTask>,
     elector: Option<LeaderElector>,
+    /// `podReport.enabled`: the Pending Pod watch and its passes.
+    pods: Option<Arc<PodReport>>,
 }
 
 impl PreparedSync {
     /// Start its parts: the watches, the credential reports, the writer, and the leader
     /// election that gates the writer (without one this replica always leads).
     fn spawn(self, tasks: &mut Supervisor) {
-        let Self { task, elector } = self;
+        let Self {
+            task,
+            elector,
+            pods,
+        } = self;
         let stop = tasks.stop();
         let (leading_tx, leading) = tokio::sync::watch::channel(elector.is_none());
+        if let Some(pods) = pods {
+            tasks.spawn("Pod watch", pods.clone().watch(stop.clone()));
+            tasks.spawn("Pod report", pods.report(leading.clone(), stop.clone()));
+        }
         let writer = task.clone().write_while_leading(leading, stop.clone());
         match elector {
             Some(elector) => {
@@ -420,7 +431,19 @@ async fn prepare_sync(
         metrics.clone(),
         health.clone(),
     );
-    Ok(PreparedSync { task, elector })
+    let pods = settings.pod_report.enabled.then(|| {
+        PodReport::new(
+            task.clone(),
+            Registries::new(settings.entries()),
+            settings.pod_opt_out_annotation.clone(),
+            settings.pod_report.clone(),
+        )
+    });
+    Ok(PreparedSync {
+        task,
+        elector,
+        pods,
+    })
 }
 
 /// The namespace this process runs in: `POD_NAMESPACE`, the mounted ServiceAccount's

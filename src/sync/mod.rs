@@ -19,6 +19,7 @@
 pub mod apply;
 pub mod leader;
 pub mod plan;
+pub mod pods;
 pub mod policy;
 pub mod prove;
 pub mod queue;

@@ -500,6 +500,8 @@ pub async fn chart_service_account(
             "templates/serviceaccount.yaml",
             "--show-only",
             "templates/rbac.yaml",
+            "--show-only",
+            "templates/rbac-pods.yaml",
             // Only RBAC is rendered; the credentials Secret is not part of this test.
             "--set",
             "credentials.existingSecret=unused",

@@ -109,6 +109,10 @@ sync:
     enabled: {{ $le.enabled }}
     leaseName: {{ $le.leaseName | toJson }}
     leaseNamespace: {{ $le.leaseNamespace | default .Release.Namespace | toJson }}
+podReport:
+  enabled: {{ .Values.podReport.enabled }}
+  deleteOwnedPods: {{ .Values.podReport.deleteOwnedPods }}
+  maxDeletionsPerMinute: {{ int .Values.podReport.maxDeletionsPerMinute }}
 registries:
 {{ toYaml .Values.registries }}
 {{- end -}}
