@@ -5,3 +5,4 @@
 pub mod admission;
 pub mod iam;
 pub mod metadata;
+pub mod registry;
