@@ -21,8 +21,9 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret as K8sSecret;
 use kube::Api;
 
-use crate::credentials::SecretBytes;
 use crate::credentials::probe::{self, HostProbe, ProbeResult};
+use crate::credentials::{Credential, Secret, SecretBytes};
+use crate::dockerconfig;
 use crate::metrics::Metrics;
 
 use super::RegistrySync;
@@ -42,6 +43,10 @@ pub enum Verdict {
     Withhold {
         /// For logs, the health line and the Event.
         reason: String,
+        /// The credential the Secrets hold, read from the cluster, when this process has
+        /// none yet (after a restart or a change of leader): published instead, so that
+        /// namespaces that opt in meanwhile get it too.
+        adopt: Option<Credential>,
     },
 }
 
@@ -98,6 +103,7 @@ pub fn decide(new: &[HostProbe], incumbent: Option<&Incumbent>, now: Timestamp) 
             "the registry refuses the new credential at {}, but accepts the one in the Secrets ({until}): keeping it",
             better.join(", ")
         ),
+        adopt: None,
     }
 }
 
@@ -154,9 +160,10 @@ impl<'a> Prover<'a> {
         if new.iter().all(|p| p.probe.result != ProbeResult::Refused) {
             return Verdict::Publish { note: None };
         }
-        let incumbent = match self.incumbent(registry).await {
-            Some((data, expires_at)) => Some(Incumbent {
-                expires_at,
+        let there = self.incumbent(registry).await;
+        let incumbent = match &there {
+            Some((data, expires_at, _)) => Some(Incumbent {
+                expires_at: *expires_at,
                 probes: probe::probe_data(http, &registry.probe_hosts, data.expose()).await,
             }),
             None => None,
@@ -166,14 +173,24 @@ impl<'a> Prover<'a> {
                 tracing::info!(registry = %registry.name, host = %p.host, result = %p.probe.result, answer = %p.probe.answer, "probed the credential in the Secrets to compare");
             }
         }
-        decide(&new, incumbent.as_ref(), Timestamp::now())
+        match decide(&new, incumbent.as_ref(), Timestamp::now()) {
+            Verdict::Withhold { reason, .. } => Verdict::Withhold {
+                reason,
+                adopt: there.and_then(|(_, _, adopt)| adopt),
+            },
+            publish => publish,
+        }
     }
 
     /// The data and expiry of the credential the Secrets hold: the one published last, or
-    /// one of this registry's Secrets in the cluster.
-    async fn incumbent(&self, registry: &RegistrySync) -> Option<(SecretBytes, Option<Timestamp>)> {
+    /// one of this registry's Secrets in the cluster (then also as a credential to adopt,
+    /// when it is one login for every host, as this project writes them).
+    async fn incumbent(
+        &self,
+        registry: &RegistrySync,
+    ) -> Option<(SecretBytes, Option<Timestamp>, Option<Credential>)> {
         if let Some(c) = registry.credential.borrow().clone() {
-            return Some((c.secret_data(&registry.hosts), c.expires_at()));
+            return Some((c.secret_data(&registry.hosts), c.expires_at(), None));
         }
         let namespace = self.state.namespaces.keys().into_iter().find(|ns| {
             matches!(
@@ -199,8 +216,27 @@ impl<'a> Prover<'a> {
         // An expiry that does not parse counts as expired (nothing to protect).
         let expires_at =
             annotation(EXPIRES_AT_ANNOTATION).map(|t| t.parse().unwrap_or(Timestamp::UNIX_EPOCH));
-        Some((SecretBytes::new(data), expires_at))
+        let adopt = one_login(&data, expires_at);
+        Some((SecretBytes::new(data), expires_at, adopt))
     }
+}
+
+/// The credential of a pull Secret's data that holds one login for every host (what this
+/// project writes for token and basic sources), issued now, expiring at `expires_at`.
+fn one_login(data: &[u8], expires_at: Option<Timestamp>) -> Option<Credential> {
+    let config = dockerconfig::parse(data).ok()?;
+    let mut entries = config.auths.values();
+    let first = entries.next()?;
+    if entries.any(|e| e != first) {
+        return None;
+    }
+    Credential::login(
+        first.username.clone(),
+        Secret::new(first.password.clone()),
+        Timestamp::now(),
+        expires_at,
+    )
+    .ok()
 }
 
 #[cfg(test)]
@@ -273,10 +309,29 @@ mod tests {
                 withheld,
                 "{there:?}: {v:?}"
             );
-            if let Verdict::Withhold { reason } = v {
+            if let Verdict::Withhold { reason, adopt } = v {
+                assert_eq!(adopt, None, "decide adopts nothing");
                 assert!(reason.contains("a (answer of a)"), "{reason}");
             }
         }
+    }
+
+    #[test]
+    fn only_one_login_for_every_host_is_adopted_with_the_secrets_expiry() {
+        let expiry = Some(at(3600));
+        let data = dockerconfig::build(&["a.io", "b.io:5000"], "iam", "t1.token");
+        let c = one_login(&data, expiry).expect("one login");
+        assert_eq!(c.username(), Some("iam"));
+        assert_eq!(c.password().map(Secret::expose), Some("t1.token"));
+        assert_eq!(c.expires_at(), expiry);
+        assert_eq!(
+            c.secret_data(&["a.io", "b.io:5000"]).expose(),
+            data.as_slice()
+        );
+        let mixed = br#"{"auths":{"a.io":{"username":"u","password":"p"},"b.io":{"username":"u","password":"q"}}}"#;
+        assert_eq!(one_login(mixed, expiry), None);
+        assert_eq!(one_login(b"{}", expiry), None);
+        assert_eq!(one_login(br#"{"auths":{}}"#, expiry), None);
     }
 
     #[test]

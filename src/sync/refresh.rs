@@ -110,8 +110,11 @@ pub async fn refresh_loop(
                         succeeded(registry, credential, metrics);
                         delay
                     }
-                    Verdict::Withhold { reason } => {
+                    Verdict::Withhold { reason, adopt } => {
                         count(metrics, &registry.name, "success");
+                        if let Some(kept) = adopt {
+                            adopted(registry, kept, metrics);
+                        }
                         let delay = policy::backoff(failures, fastrand::f64());
                         failures = failures.saturating_add(1);
                         withheld(registry, &reason, delay);
@@ -142,16 +145,20 @@ fn count(metrics: &Metrics, registry: &str, result: &'static str) {
         .inc();
 }
 
+fn set_expiry(metrics: &Metrics, registry: &str, expires_at: Timestamp) {
+    metrics
+        .credential_expiry
+        .get_or_create(&RegistryLabel {
+            registry: registry.to_string(),
+        })
+        .set(expires_at.as_millisecond() as f64 / 1000.0);
+}
+
 /// Publish a fresh credential; count and log it.
 fn succeeded(registry: &RegistrySync, credential: Credential, metrics: &Metrics) {
     count(metrics, &registry.name, "success");
     if let Some(expires_at) = credential.expires_at() {
-        metrics
-            .credential_expiry
-            .get_or_create(&RegistryLabel {
-                registry: registry.name.clone(),
-            })
-            .set(expires_at.as_millisecond() as f64 / 1000.0);
+        set_expiry(metrics, &registry.name, expires_at);
     }
     tracing::info!(
         registry = %registry.name,
@@ -188,6 +195,20 @@ fn failed(registry: &RegistrySync, e: &CredentialError, retry_in: Duration, metr
         last_good_still_valid = usable,
         "credential refresh failed; Secrets keep the last good credential"
     );
+}
+
+/// This process has no credential yet and the one the Secrets hold is better than the new
+/// one: publish it, so that namespaces opting in meanwhile get it too (existing Secrets are
+/// not rewritten: the data is built the same way).
+fn adopted(registry: &RegistrySync, kept: Credential, metrics: &Metrics) {
+    if registry.credential.borrow().is_some() {
+        return;
+    }
+    if let Some(expires_at) = kept.expires_at() {
+        set_expiry(metrics, &registry.name, expires_at);
+    }
+    tracing::info!(registry = %registry.name, "using the credential the Secrets hold, which the registry accepts, until a new one is accepted");
+    registry.credential.send_replace(Some(Arc::new(kept)));
 }
 
 /// A new credential was withheld (the registry refuses it, and accepts the one the
