@@ -248,6 +248,20 @@ def main():
     for d in cert_rbac.values():
         docs_kind = by_kind[d["kind"]]
         docs_kind.remove(d)
+    # rbac-pods.yaml (podReport): its own ClusterRole and binding, when the sync task runs.
+    pods_rbac = {d["kind"]: d for d in docs if d["metadata"]["name"] == f"{fullname}-pods"
+                 and d["kind"] in ("ClusterRole", "ClusterRoleBinding")}
+    for d in pods_rbac.values():
+        by_kind[d["kind"]].remove(d)
+    report = sync and cfg.get("podReport", {}).get("enabled") is True
+    check(set(pods_rbac) == ({"ClusterRole", "ClusterRoleBinding"} if report else set()),
+          f"pods RBAC objects {sorted(pods_rbac)} (podReport enabled: {report})")
+    if report and len(pods_rbac) == 2:
+        verbs = ["list", "watch"] + (["delete"] if cfg["podReport"].get("deleteOwnedPods") else [])
+        pod_rules = [(r["apiGroups"], r["resources"], sorted(r["verbs"])) for r in pods_rbac["ClusterRole"]["rules"]]
+        check(pod_rules == [([""], ["pods"], sorted(verbs))], f"pods ClusterRole rules {pod_rules}")
+        check(pods_rbac["ClusterRoleBinding"]["subjects"] == [{"kind": "ServiceAccount", "name": fullname, "namespace": ns}],
+              "pods ClusterRoleBinding subjects")
     vaps = by_kind.get("ValidatingAdmissionPolicy", [])
     if not sync:
         # Webhook only: no API access at all.
@@ -808,6 +822,11 @@ rbac_sync() { # CONFIGURED-NAME [RETIRED-NAME]
     can no delete leases.coordination.k8s.io/pullsecret-injector "$INS"
     can no create leases.coordination.k8s.io default
     can no create pods
+    # podReport (default on): Pending Pods watched cluster-wide; no delete unless deleteOwnedPods.
+    can yes list pods
+    can yes watch pods
+    can no get pods
+    can no delete pods
     can no list configmaps
     can no create mutatingwebhookconfigurations.admissionregistration.k8s.io
 }
@@ -869,6 +888,7 @@ can_secrets no yc-pull get list watch patch delete
 can no create secrets
 can no create events.events.k8s.io
 can no get leases.coordination.k8s.io/pullsecret-injector "$INS"
+can no list pods
 pass "webhook only (sync.enabled=false): no RBAC, no policy, no token mounted; the ServiceAccount can do nothing ($CANS can-i answers)"
 "$HELM" uninstall "$RELEASE" -n "$INS" >/dev/null 2>&1 || die "helm uninstall failed"
 INSTALLED=

@@ -111,6 +111,9 @@ registries:
   - name: yandex
     hosts: ["cr.yandex", "registry.yandexcloud.net"]
     secretName: yc-registry-secret
+    # No probe: containerd maps these names to the local registry, the injector must not
+    # look them up.
+    probeHosts: []
     credentials:
       basic: { username: iam, passwordFile: /creds/password }
 EOF

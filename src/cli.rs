@@ -1,8 +1,9 @@
-//! Command line: `run` (see [`crate::run`]), `check`, `explain`, `version`.
+//! Command line: `run` (see [`crate::run`]), `check`, `explain`, `report`, `version`.
 
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -10,9 +11,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::Value;
 
 use crate::config::Settings;
-use crate::credentials::{HttpClient, HttpOptions};
+use crate::credentials::probe::{self, ProbeResult};
+use crate::credentials::{Credential, HttpClient, HttpOptions};
 use crate::mutate::{Decision, PodView, SkipReason, plan};
-use crate::registry::Registries;
+use crate::registry::{HostPattern, Registries};
 use crate::sync;
 
 /// Kubernetes admission webhook that injects registry-aware imagePullSecrets, and keeps
@@ -42,10 +44,14 @@ pub enum LogFormat {
 pub enum Command {
     /// Run the webhook and the sync task.
     Run(RunArgs),
-    /// Validate the config, fetch every registry's credentials once, print their expiry.
-    Check(ConfigArg),
+    /// Validate the config, fetch every registry's credentials once, print their expiry;
+    /// with --probe, prove each against the registry.
+    Check(CheckArgs),
     /// Offline: print the JSON patch and the Secrets that would be injected into a Pod.
     Explain(ExplainArgs),
+    /// List the Pods in opted-in namespaces that lack a Secret their images need (exit 0:
+    /// none, 2: some, 1: error).
+    Report(ReportArgs),
     /// Print the version.
     Version,
 }
@@ -56,6 +62,19 @@ pub struct ConfigArg {
     /// Config file (YAML).
     #[arg(long, env = "PULLSECRET_INJECTOR_CONFIG")]
     pub config: PathBuf,
+}
+
+/// `check` flags.
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    /// Config file.
+    pub config: ConfigArg,
+    /// Also prove each credential against each registry host with the registry's own auth
+    /// flow (`GET /v2/`, its Basic or Bearer challenge); exit 1 unless every probed host
+    /// accepts it.
+    #[arg(long)]
+    pub probe: bool,
 }
 
 /// `run` flags.
@@ -82,6 +101,29 @@ pub struct RunArgs {
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, hide = true)]
     pub credential_file_check_interval: Duration,
 }
+
+/// `report` flags.
+#[derive(Debug, clap::Args)]
+pub struct ReportArgs {
+    #[command(flatten)]
+    /// Config file.
+    pub config: ConfigArg,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = ReportFormat::Table)]
+    pub output: ReportFormat,
+}
+
+/// `report -o`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    /// An aligned table with a header.
+    Table,
+    /// `{"pods": [...]}`.
+    Json,
+}
+
+/// Exit status of `report` when it lists Pods.
+pub const REPORT_FOUND: u8 = 2;
 
 /// `explain` flags.
 #[derive(Debug, clap::Args)]
@@ -113,29 +155,56 @@ fn parse_labels(text: &str) -> anyhow::Result<BTreeMap<String, String>> {
     Ok(labels)
 }
 
-/// Run a parsed command line.
-pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+/// Run a parsed command line; the exit status on success (`report` tells with it whether
+/// it found Pods).
+pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(args) => crate::run::run(args).await,
-        Command::Check(args) => check(&args.config).await,
+        Command::Check(args) => check(&args.config.config, args.probe).await,
         Command::Explain(args) => explain(&args),
+        Command::Report(args) => return report(&args).await,
         Command::Version => {
             println!("pullsecret-injector {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
     }
+    .map(|()| ExitCode::SUCCESS)
+}
+
+async fn report(args: &ReportArgs) -> anyhow::Result<ExitCode> {
+    let settings = load(&args.config.config)?;
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
+    let found = crate::pods::report::collect(&client, &settings)
+        .await
+        .context("listing the opted-in namespaces and their Pending Pods")?;
+    match args.output {
+        ReportFormat::Json => println!("{}", crate::pods::report::json(&found)),
+        ReportFormat::Table if found.is_empty() => println!(
+            "no Pending Pod in the namespaces matching {} lacks a Secret its images need",
+            settings.namespace_selector
+        ),
+        ReportFormat::Table => print!("{}", crate::pods::report::table(&found)),
+    }
+    Ok(if found.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(REPORT_FOUND)
+    })
 }
 
 fn load(path: &Path) -> anyhow::Result<Settings> {
     Ok(Settings::load(path)?)
 }
 
-async fn check(config: &Path) -> anyhow::Result<()> {
+async fn check(config: &Path, probe: bool) -> anyhow::Result<()> {
     let settings = load(config)?;
     println!("config {}: ok", config.display());
     let http = HttpClient::new(HttpOptions::default())?;
     let registries = sync::registries(&settings, &http)?;
     let mut failed = Vec::new();
+    let mut refused = Vec::new();
     for r in &registries {
         let mut hosts = r.hosts.join(",");
         if let Some(selector) = &r.namespace_selector {
@@ -154,6 +223,9 @@ async fn check(config: &Path) -> anyhow::Result<()> {
                     r.secret_name,
                     r.provider.kind()
                 );
+                if probe {
+                    refused.extend(check_probe(r, &c, &http).await);
+                }
             }
             Err(e) => {
                 println!(
@@ -173,7 +245,52 @@ async fn check(config: &Path) -> anyhow::Result<()> {
             failed.join(", ")
         );
     }
+    if !refused.is_empty() {
+        bail!("{}", refused.join("; "));
+    }
     Ok(())
+}
+
+/// Probe `credential` at the registry's probe hosts, printing a line per host; returns a
+/// line per host that did not accept it.
+async fn check_probe(
+    r: &sync::RegistrySync,
+    credential: &Credential,
+    http: &HttpClient,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    let data = credential.secret_data(&r.hosts);
+    for host in &r.hosts {
+        let probed = HostPattern::parse(host)
+            .ok()
+            .is_some_and(|h| r.probe_hosts.contains(&h));
+        if !probed {
+            let why = match HostPattern::parse(host).ok().as_ref().map(probe::target) {
+                Some(None) => "a glob names no host to ask",
+                _ => "not in probeHosts",
+            };
+            println!("registry {}: host {host}: not probed ({why})", r.name);
+        }
+    }
+    for p in probe::probe_data(http, &r.probe_hosts, data.expose()).await {
+        let result = p.probe.result;
+        let word = if result == ProbeResult::Accepted {
+            result.as_str().to_string()
+        } else {
+            result.as_str().to_uppercase()
+        };
+        println!(
+            "registry {}: host {}: {word}: {}",
+            r.name, p.host, p.probe.answer
+        );
+        if result != ProbeResult::Accepted {
+            problems.push(format!(
+                "registry {} host {}: {result}: {}",
+                r.name, p.host, p.probe.answer
+            ));
+        }
+    }
+    problems
 }
 
 fn explain(args: &ExplainArgs) -> anyhow::Result<()> {

@@ -52,6 +52,9 @@ pub struct Config {
     /// The secret sync task.
     #[serde(default)]
     pub sync: SyncConfig,
+    /// Finding Pods left without the Secrets their images need.
+    #[serde(default)]
+    pub pod_report: PodReportConfig,
     /// The private registries, in order.
     pub registries: Vec<RegistryConfig>,
 }
@@ -236,6 +239,36 @@ impl Default for SyncConfig {
     }
 }
 
+/// `podReport:` section: Pods in opted-in namespaces whose images need a Secret the Pod
+/// does not name (created before the namespace opted in, or while the webhook was
+/// unreachable).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PodReportConfig {
+    /// Watch Pending Pods and report those (metric on every replica, an Event per Pod
+    /// from the leader). Needs RBAC `pods` list/watch.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Also delete such a Pod when a ReplicaSet, StatefulSet, DaemonSet, Job or
+    /// ReplicationController owns it, so that its controller creates one the webhook
+    /// injects into. Never a bare Pod. Needs RBAC `pods` delete.
+    #[serde(default)]
+    pub delete_owned_pods: bool,
+    /// Rate limit on those deletions.
+    #[serde(default = "default_max_deletions")]
+    pub max_deletions_per_minute: u32,
+}
+
+impl Default for PodReportConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            delete_owned_pods: false,
+            max_deletions_per_minute: default_max_deletions(),
+        }
+    }
+}
+
 /// `sync.leaderElection:` section.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -278,6 +311,11 @@ pub struct RegistryConfig {
     /// Where the credentials come from: every source the file names, in file order
     /// (validation requires exactly one, so that the message can list what was found).
     pub credentials: CredentialSources,
+    /// The hosts (entries of `hosts`, as written) at which every new credential is proven
+    /// with the registry's own auth flow. Absent: every host that is not a glob; `[]`:
+    /// none (for registries the injector cannot reach).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe_hosts: Option<Vec<String>>,
 }
 
 /// The credential source of one registry: one tagged enum from the config file to the
@@ -518,6 +556,8 @@ pub struct Registry {
     pub namespace_selector: Option<LabelSelector>,
     /// Where its credentials come from.
     pub credentials: CredentialSource,
+    /// The hosts at which new credentials are proven (`probeHosts`, or every exact host).
+    pub probe_hosts: Vec<HostPattern>,
 }
 
 /// A configuration that passed validation: addresses parsed, patterns compiled.
@@ -545,6 +585,8 @@ pub struct Settings {
     pub pod_opt_out_annotation: String,
     /// Sync task settings.
     pub sync: SyncConfig,
+    /// Pods left without their Secrets.
+    pub pod_report: PodReportConfig,
     /// Registries in config order.
     pub registries: Vec<Registry>,
 }
@@ -664,6 +706,12 @@ impl Config {
             );
         }
         check_sync(&self.sync, &mut err);
+        if self.pod_report.max_deletions_per_minute == 0 {
+            err(
+                "podReport.maxDeletionsPerMinute",
+                "must be at least 1".into(),
+            );
+        }
         if self.registries.is_empty() {
             err("registries", "at least one registry is required".into());
         }
@@ -691,6 +739,7 @@ impl Config {
                     namespace_selector,
                     pod_opt_out_annotation: self.pod_opt_out_annotation.clone(),
                     sync: self.sync.clone(),
+                    pod_report: self.pod_report.clone(),
                     registries,
                 })
             }
@@ -823,11 +872,13 @@ fn check_registry(
     let credentials = validate_credentials(&r.credentials, &format!("{p}.credentials"))
         .map_err(|e| err(&e.path, e.message))
         .ok();
+    let probe_hosts = check_probe_hosts(&p, r, &hosts, err);
     match (credentials, namespace_selector) {
         (Some(credentials), Some(namespace_selector)) => Some(Registry {
             entry: RegistryEntry::new(r.name.clone(), r.secret_name.clone(), hosts),
             namespace_selector,
             credentials,
+            probe_hosts,
         }),
         _ => None,
     }
@@ -863,6 +914,39 @@ fn check_registry_selector(
         return None;
     }
     selector.map(Some)
+}
+
+/// `registries[i].probeHosts`: entries of `hosts` that name one host (no glob), each once;
+/// absent means every such host.
+fn check_probe_hosts(
+    p: &str,
+    r: &RegistryConfig,
+    hosts: &[HostPattern],
+    err: &mut impl FnMut(&str, String),
+) -> Vec<HostPattern> {
+    let probeable = |h: &HostPattern| crate::credentials::probe::target(h).is_some();
+    let Some(listed) = &r.probe_hosts else {
+        return hosts.iter().filter(|h| probeable(h)).cloned().collect();
+    };
+    let mut out = Vec::new();
+    for (k, name) in listed.iter().enumerate() {
+        let path = format!("{p}.probeHosts[{k}]");
+        match hosts.iter().find(|h| h.auth_key() == name) {
+            None => err(
+                &path,
+                format!("{name:?} is not one of the registry's hosts (write it as in hosts)"),
+            ),
+            Some(h) if !probeable(h) => err(
+                &path,
+                format!("{name:?} is a glob: it names no host to probe"),
+            ),
+            Some(_) if listed[..k].contains(name) => {
+                err(&path, format!("{name:?} is listed twice"))
+            }
+            Some(h) => out.push(h.clone()),
+        }
+    }
+    out
 }
 
 impl Settings {
@@ -1062,6 +1146,10 @@ fn default_max_writes() -> u32 {
 fn default_instance() -> String {
     "pullsecret-injector".into()
 }
+fn default_max_deletions() -> u32 {
+    6
+}
+
 fn default_true() -> bool {
     true
 }
@@ -1132,6 +1220,48 @@ registries:
                 file: "/creds/key.json".into(),
                 endpoint: DEFAULT_IAM_ENDPOINT.into()
             })
+        );
+        assert_eq!(s.pod_report, PodReportConfig::default());
+        assert!(s.pod_report.enabled && !s.pod_report.delete_owned_pods);
+        assert_eq!(s.pod_report.max_deletions_per_minute, 6);
+    }
+
+    #[test]
+    fn probe_hosts_default_to_every_exact_host_and_must_name_one() {
+        let with = |probe: &str| {
+            format!(
+                "registries:\n  - name: a\n    hosts: [x.io, \"*.y.io\", \"z.io:5000/p\"]\n    secretName: s\n    credentials: {{ basic: {{ username: u, passwordFile: /p }} }}\n{probe}"
+            )
+        };
+        let probed = |text: &str| -> Vec<String> {
+            load(text).unwrap().registries[0]
+                .probe_hosts
+                .iter()
+                .map(|h| h.auth_key().to_string())
+                .collect()
+        };
+        assert_eq!(probed(&with("")), ["x.io", "z.io:5000/p"]);
+        assert_eq!(probed(&with("    probeHosts: []\n")), Vec::<String>::new());
+        assert_eq!(
+            probed(&with("    probeHosts: [\"z.io:5000/p\"]\n")),
+            ["z.io:5000/p"]
+        );
+        assert_eq!(
+            invalid(&with(
+                "    probeHosts: [other.io, \"*.y.io\", x.io, x.io]\n"
+            )),
+            [
+                "registries[0].probeHosts[0]: \"other.io\" is not one of the registry's hosts (write it as in hosts)",
+                "registries[0].probeHosts[1]: \"*.y.io\" is a glob: it names no host to probe",
+                "registries[0].probeHosts[3]: \"x.io\" is listed twice",
+            ]
+        );
+        assert_eq!(
+            invalid(&format!(
+                "podReport: {{ maxDeletionsPerMinute: 0 }}\n{}",
+                with("")
+            )),
+            ["podReport.maxDeletionsPerMinute: must be at least 1"]
         );
     }
 

@@ -17,6 +17,7 @@ pub mod image;
 pub mod labels;
 pub mod metrics;
 pub mod mutate;
+pub mod pods;
 pub mod registry;
 pub mod run;
 pub mod server;

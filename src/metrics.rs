@@ -15,6 +15,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
+use crate::credentials::probe::ProbeResult;
+
 /// Prefix of every metric name.
 pub const PREFIX: &str = "pullsecret_injector";
 
@@ -64,6 +66,17 @@ pub struct RefreshLabel {
     pub result: &'static str,
 }
 
+/// Labels of the registry probe's metrics.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ProbeLabel {
+    /// `registries[].name`.
+    pub registry: String,
+    /// `host[:port]` probed.
+    pub host: String,
+    /// `accepted`, `refused`, `unreachable` or `error`.
+    pub result: &'static str,
+}
+
 /// Labels of write counters.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ResultLabel {
@@ -95,6 +108,15 @@ pub struct Metrics {
     pub serving_certificate_expiry: Gauge<f64, AtomicU64>,
     /// `ready`: 1 while `/readyz` answers 200.
     pub ready: Gauge,
+    /// `credential_probe_total{registry,host,result}`.
+    pub credential_probe: Family<ProbeLabel, Counter>,
+    /// `credential_probe_result{registry,host,result}`: 1 for the latest result, 0 for the
+    /// others.
+    pub credential_probe_result: Family<ProbeLabel, Gauge>,
+    /// `pods_without_credentials{registry}`.
+    pub pods_without_credentials: Family<RegistryLabel, Gauge>,
+    /// `pod_deletions_total{result}`.
+    pub pod_deletions: Family<ResultLabel, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -186,6 +208,30 @@ impl Metrics {
             "1 while this replica is ready (GET /readyz answers 200): serving certificate loaded, namespaces listed, not shutting down",
             ready.clone(),
         );
+        let credential_probe = Family::<ProbeLabel, Counter>::default();
+        registry.register(
+            "credential_probe",
+            "Probes of newly minted credentials against the registry (GET /v2/ and its auth challenge), by registry, host and result",
+            credential_probe.clone(),
+        );
+        let credential_probe_result = Family::<ProbeLabel, Gauge>::default();
+        registry.register(
+            "credential_probe_result",
+            "Result of the latest probe of a registry host: 1 on the series of that result, 0 on the others",
+            credential_probe_result.clone(),
+        );
+        let pods_without_credentials = Family::<RegistryLabel, Gauge>::default();
+        registry.register(
+            "pods_without_credentials",
+            "Pending Pods in opted-in namespaces whose images need this registry's Secret and that do not name it",
+            pods_without_credentials.clone(),
+        );
+        let pod_deletions = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "pod_deletions",
+            "Deletions of controller-owned Pods left without their Secrets (podReport.deleteOwnedPods), by result",
+            pod_deletions.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             admission_injected,
@@ -201,6 +247,25 @@ impl Metrics {
             foreign_secrets,
             serving_certificate_expiry,
             ready,
+            credential_probe,
+            credential_probe_result,
+            pods_without_credentials,
+            pod_deletions,
+        }
+    }
+
+    /// Count a probe of `host` and make `result` the latest one.
+    pub fn record_probe(&self, registry: &str, host: &str, result: ProbeResult) {
+        let label = |r: ProbeResult| ProbeLabel {
+            registry: registry.to_string(),
+            host: host.to_string(),
+            result: r.as_str(),
+        };
+        self.credential_probe.get_or_create(&label(result)).inc();
+        for r in ProbeResult::ALL {
+            self.credential_probe_result
+                .get_or_create(&label(r))
+                .set(i64::from(r == result));
         }
     }
 
@@ -254,6 +319,16 @@ mod tests {
         m.secret_writes
             .get_or_create(&ResultLabel { result: "created" })
             .inc();
+        m.record_probe("yandex", "cr.yandex", ProbeResult::Accepted);
+        m.record_probe("yandex", "cr.yandex", ProbeResult::Refused);
+        m.pods_without_credentials
+            .get_or_create(&RegistryLabel {
+                registry: "yandex".into(),
+            })
+            .set(2);
+        m.pod_deletions
+            .get_or_create(&ResultLabel { result: "deleted" })
+            .inc();
         let text = m.encode();
         for name in [
             "pullsecret_injector_admission_requests_total{outcome=\"injected\"} 1",
@@ -266,6 +341,13 @@ mod tests {
             "pullsecret_injector_credential_refresh_total{registry=\"yandex\",result=\"success\"} 1",
             "pullsecret_injector_secret_writes_total{result=\"created\"} 1",
             "pullsecret_injector_managed_namespaces 0",
+            "pullsecret_injector_credential_probe_total{registry=\"yandex\",host=\"cr.yandex\",result=\"accepted\"} 1",
+            "pullsecret_injector_credential_probe_total{registry=\"yandex\",host=\"cr.yandex\",result=\"refused\"} 1",
+            "pullsecret_injector_credential_probe_result{registry=\"yandex\",host=\"cr.yandex\",result=\"refused\"} 1",
+            "pullsecret_injector_credential_probe_result{registry=\"yandex\",host=\"cr.yandex\",result=\"accepted\"} 0",
+            "pullsecret_injector_credential_probe_result{registry=\"yandex\",host=\"cr.yandex\",result=\"unreachable\"} 0",
+            "pullsecret_injector_pods_without_credentials{registry=\"yandex\"} 2",
+            "pullsecret_injector_pod_deletions_total{result=\"deleted\"} 1",
             "# EOF",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");

@@ -31,6 +31,7 @@ use crate::health::{Health, Webhook};
 use crate::metrics::Metrics;
 use crate::server::{self, AdminState, BodyLimits, Limits};
 use crate::sync::leader::{self, LeaderConfig, LeaderElector};
+use crate::sync::pods::PodReport;
 use crate::sync::refresh::RefreshTiming;
 use crate::sync::{self, SyncOptions, SyncTask};
 use crate::tls::CertStore;
@@ -367,12 +368,15 @@ impl PreparedWebhook {
 struct PreparedSync {
     task: Arc<SyncTask>,
     elector: Option<LeaderElector>,
+    /// `podReport.enabled`: the Pending Pod watch and its passes.
+    pods: Option<Arc<PodReport>>,
 }
 
 impl PreparedSync {
     /// Start its parts: the watches, the credential reports, the writer, and the leader
-    /// election that gates the writer (without one this replica always leads). Returns
-    /// whether this replica leads, when there is an election.
+    /// election that gates the writer (without one this replica always leads), and the
+    /// Pending Pod report when configured. Returns whether this replica leads, when there is
+    /// an election.
     ///
     /// The election ends at `step_down`, the first shutdown signal: the writer stops and the
     /// Lease is released at once, so that another replica takes over while this one still
@@ -383,9 +387,17 @@ impl PreparedSync {
         tasks: &mut Supervisor,
         step_down: CancellationToken,
     ) -> Option<tokio::sync::watch::Receiver<bool>> {
-        let Self { task, elector } = self;
+        let Self {
+            task,
+            elector,
+            pods,
+        } = self;
         let stop = tasks.stop();
         let (leading_tx, leading) = tokio::sync::watch::channel(elector.is_none());
+        if let Some(pods) = pods {
+            tasks.spawn("Pod watch", pods.clone().watch(stop.clone()));
+            tasks.spawn("Pod report", pods.report(leading.clone(), stop.clone()));
+        }
         let writer = task
             .clone()
             .write_while_leading(leading.clone(), stop.clone());
@@ -495,7 +507,19 @@ async fn prepare_sync(
         metrics.clone(),
         health.clone(),
     );
-    Ok(PreparedSync { task, elector })
+    let pods = settings.pod_report.enabled.then(|| {
+        PodReport::new(
+            task.clone(),
+            crate::registry::Registries::new(settings.entries()),
+            settings.pod_opt_out_annotation.clone(),
+            settings.pod_report.clone(),
+        )
+    });
+    Ok(PreparedSync {
+        task,
+        elector,
+        pods,
+    })
 }
 
 /// The namespace this process runs in: `POD_NAMESPACE`, the mounted ServiceAccount's

@@ -284,7 +284,7 @@ mod in_cluster {
             let registries = match creds {
                 Creds::AuthorizedKey => format!(
                     "credentials:\n  existingSecret: yc-authorized-key\n\
-                     registries:\n  - name: yandex\n    hosts: [\"cr.yandex\", \"registry.yandexcloud.net\"]\n    secretName: {SECRET}\n    credentials:\n      yandexAuthorizedKey:\n        file: /creds/key.json\n        endpoint: {endpoint:?}\n\
+                     registries:\n  - name: yandex\n    hosts: [\"cr.yandex\", \"registry.yandexcloud.net\"]\n    secretName: {SECRET}\n    probeHosts: []\n    credentials:\n      yandexAuthorizedKey:\n        file: /creds/key.json\n        endpoint: {endpoint:?}\n\
                      extraEnv: [{{name: SSL_CERT_FILE, value: /iam-ca/ca.crt}}]\n\
                      extraVolumes: [{{name: iam-ca, configMap: {{name: iam-ca}}}}]\n\
                      extraVolumeMounts: [{{name: iam-ca, mountPath: /iam-ca, readOnly: true}}]\n",
@@ -292,7 +292,7 @@ mod in_cluster {
                 ),
                 Creds::Basic => format!(
                     "credentials:\n  existingSecret: corp-registry\n\
-                     registries:\n  - name: corp\n    hosts: [\"cr.yandex\"]\n    secretName: {SECRET}\n    credentials:\n      basic: {{ username: {user}, passwordFile: /creds/password }}\n",
+                     registries:\n  - name: corp\n    hosts: [\"cr.yandex\"]\n    secretName: {SECRET}\n    probeHosts: []\n    credentials:\n      basic: {{ username: {user}, passwordFile: /creds/password }}\n",
                     user = self.app_user
                 ),
             };

@@ -17,6 +17,7 @@ mod cluster;
 mod common;
 mod fixture;
 mod node;
+mod workloads;
 
 use std::time::{Duration, Instant};
 
@@ -40,6 +41,8 @@ struct Fixture {
     webhook: String,
     started: Instant,
     name: &'static str,
+    /// Injectors started so far (each waits for its webhook in a namespace of its own).
+    starts: std::sync::atomic::AtomicU32,
     _exclusive: tokio::sync::MutexGuard<'static, ()>,
 }
 
@@ -63,6 +66,7 @@ impl Fixture {
             release,
             started,
             name,
+            starts: std::sync::atomic::AtomicU32::new(0),
             _exclusive: exclusive,
         }
     }
@@ -74,7 +78,18 @@ impl Fixture {
         config.sync.refresh_interval =
             humantime::parse_duration(refresh_interval).expect("a duration");
         config.registries = vec![registry];
-        let injector = self.release.start(config, &[]);
+        self.start_config(config, &[]).await
+    }
+
+    /// [`Fixture::start`] with a whole config and extra environment variables.
+    async fn start_config(&self, config: fixture::Config, env: &[(&str, &str)]) -> Injector {
+        let mut all = vec![
+            ("KUBECONFIG", self.kubeconfig.to_str().unwrap()),
+            ("POD_NAMESPACE", self.release_ns.as_str()),
+            ("POD_NAME", "injector"),
+        ];
+        all.extend_from_slice(env);
+        let injector = Injector::start(self.dir.path(), &self.certs, config, &[], &all);
         cluster::register_webhook(
             &self.client,
             &self.webhook,
@@ -83,24 +98,13 @@ impl Fixture {
             &self.selector(),
         )
         .await;
-        // Registrations reach the API server's admission chain asynchronously: wait until a
-        // dry-run Pod in a labelled namespace comes back with the Secret.
-        let probe_ns = self.namespace("probe", true).await;
-        let pods = Api::<Pod>::namespaced(self.client.clone(), &probe_ns);
+        // Wait until a dry-run Pod in a labelled namespace comes back with the Secret.
+        let starts = self
+            .starts
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let probe_ns = self.namespace(&format!("probe{starts}"), true).await;
         let probe = node::pod(&self.node, "probe", &self.node.image("cr.yandex"));
-        let dry = PostParams {
-            dry_run: true,
-            ..Default::default()
-        };
-        cluster::poll(
-            "the API server to call the webhook",
-            Duration::from_secs(30),
-            || async {
-                let p = pods.create(&dry, &probe).await.ok()?;
-                (node::pull_secrets(&p) == [SECRET]).then_some(())
-            },
-        )
-        .await;
+        workloads::wait_admission(&self.client, &probe_ns, &probe, &[SECRET]).await;
         injector
     }
 
@@ -567,5 +571,276 @@ async fn skopeo_pulls_with_the_synced_secret_and_is_refused_with_a_wrong_token()
         "refused for its credentials: {err}"
     );
     report(&format!("skopeo inspect with the Secret: ok ({digest})"));
+    fx.finish().await;
+}
+
+#[tokio::test]
+#[ignore = "needs the local control plane and node: run scripts/test.sh"]
+async fn a_token_the_registry_refuses_is_reported_before_any_pod_fails_to_pull() {
+    let fx = Fixture::new("probe").await;
+    let (good, wrong) = (format!("t1.{}-good", fx.id), format!("t1.{}-wrong", fx.id));
+    fx.node.accept_only(&[("iam", &good)]).await;
+    fx.iam.set_token(&good);
+    // The Secret also carries the registry's own address, and only that one is probed:
+    // cr.yandex and registry.yandexcloud.net are names only containerd maps to it.
+    let hosts = [YANDEX_HOSTS[0], YANDEX_HOSTS[1], fx.node.registry.as_str()];
+    let mut registry = fx.iam_registry(&hosts);
+    registry.probe_hosts = Some(vec![fx.node.registry.clone()]);
+    let mut config = fx.config();
+    config.sync.refresh_interval = Duration::from_secs(10);
+    config.registries = vec![registry];
+    let ca = fx.node.ca.to_str().unwrap().to_string();
+    let series = workloads::series;
+    let injector = fx
+        .start_config(config, &[("SSL_CERT_FILE", ca.as_str())])
+        .await;
+    let host = &fx.node.registry;
+    let result = |r: &str| {
+        format!(
+            "pullsecret_injector_credential_probe_result{{registry=\"yandex\",host=\"{host}\",result=\"{r}\"}}"
+        )
+    };
+    let ns = fx.namespace("a", true).await;
+    fx.wait_for_password(&ns, &good, Duration::from_secs(20))
+        .await;
+    cluster::poll(
+        "the probe to accept the token",
+        Duration::from_secs(20),
+        || async { (series(&injector, &result("accepted")) == 1.0).then_some(()) },
+    )
+    .await;
+
+    // IAM now issues a token the registry does not accept (wrong service account, role
+    // revoked...). The next refresh proves it, reports it and keeps the working one.
+    fx.iam.set_token(&wrong);
+    let t0 = Instant::now();
+    cluster::poll(
+        "the probe to report the refused token",
+        Duration::from_secs(40),
+        || async { (series(&injector, &result("refused")) == 1.0).then_some(()) },
+    )
+    .await;
+    let reported_after = t0.elapsed();
+    assert_eq!(series(&injector, &result("accepted")), 0.0);
+    let log = injector.log_text();
+    let refused_line = log
+        .lines()
+        .find(|l| l.contains("registry REFUSES the new credential"))
+        .unwrap_or_else(|| panic!("no log line for the refusal:\n{log}"));
+    for part in [
+        "registry=yandex",
+        &format!("host={host}"),
+        "result=refused",
+        "HTTP 401 with Basic auth: UNAUTHORIZED: authentication required",
+    ] {
+        assert!(refused_line.contains(part), "{part} in {refused_line}");
+    }
+    assert!(log.contains("new credential withheld"), "{log}");
+    assert!(!log.contains(&wrong), "the token itself is never logged");
+    let s = fx.secrets(&ns).get(SECRET).await.unwrap();
+    assert_eq!(
+        auth(&s, "cr.yandex").unwrap().1,
+        good,
+        "the working token is kept"
+    );
+
+    // check --probe says the same, naming the registry, the host and the answer.
+    let config_file = injector.config.to_str().unwrap().to_string();
+    let (code, out, err) = workloads::binary(
+        &["check", "--probe", "--config", &config_file],
+        &[("SSL_CERT_FILE", &ca)],
+    )
+    .await;
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains(&format!(
+            "error: registry yandex host {host}: refused: HTTP 401 with Basic auth: UNAUTHORIZED: authentication required"
+        )),
+        "{err}"
+    );
+    assert!(!format!("{out}{err}").contains(&wrong));
+
+    // No Pod has failed to pull: a new one still gets the working token and runs.
+    fx.create_pod(&ns, "app", YANDEX_HOSTS[0]).await;
+    fx.running(&ns, "app").await;
+    fx.assert_pulled_first_time(&ns, "app").await;
+
+    // The registry now refuses the token the Secrets hold too: the new one is no worse, so
+    // it is written.
+    fx.node
+        .accept_only(&[("iam", &format!("t1.{}-someone-else", fx.id))])
+        .await;
+    fx.wait_for_password(&ns, &wrong, Duration::from_secs(60))
+        .await;
+    assert!(
+        injector
+            .log_text()
+            .contains("writing the credential the registry refuses"),
+        "{}",
+        injector.log_text()
+    );
+    report(&format!(
+        "probe: a refused token reported {reported_after:.1?} after IAM started issuing it (refresh \
+         interval 10 s), the working one kept, a Pod created meanwhile Running"
+    ));
+    fx.finish().await;
+}
+
+#[tokio::test]
+#[ignore = "needs the local control plane and node: run scripts/test.sh"]
+async fn pod_created_before_its_namespace_opted_in_is_reported_and_replaced_when_a_controller_owns_it()
+ {
+    let fx = Fixture::new("report").await;
+    let token = format!("t1.{}", fx.id);
+    fx.node.accept_only(&[("iam", &token)]).await;
+    fx.iam.set_token(&token);
+    let mut config = fx.config();
+    config.registries = vec![fx.iam_registry(&YANDEX_HOSTS)];
+    let mut injector = fx.start_config(config.clone(), &[]).await;
+    let gauge = "pullsecret_injector_pods_without_credentials{registry=\"yandex\"}";
+    let client = &fx.client;
+
+    // Before the namespace opts in: a ReplicaSet's Pod and a bare Pod, neither injected,
+    // failing their pulls.
+    let ns = fx.namespace("a", false).await;
+    let spec = node::pod(&fx.node, "x", &fx.node.image(YANDEX_HOSTS[0])).spec;
+    let rs = workloads::replica_set(client, &ns, "web", spec.unwrap()).await;
+    let owned = workloads::create_owned_pod(client, &ns, &rs, "web-1").await;
+    let bare = fx.create_pod(&ns, "bare", YANDEX_HOSTS[0]).await;
+    assert!(node::pull_secrets(&owned).is_empty() && node::pull_secrets(&bare).is_empty());
+    node::wait_pull_failure(client, &fx.node, &ns, "bare", RUNNING).await;
+    let (code, out, err) = workloads::report(&injector.config, "table").await;
+    assert_eq!(
+        (code, out),
+        (
+            0,
+            format!(
+                "no Pending Pod in the namespaces matching {} lacks a Secret its images need\n",
+                fx.selector()
+            )
+        ),
+        "{err}"
+    );
+
+    // The namespace opts in: both are found (gauge, one Event each, report).
+    let labelled = Instant::now();
+    fx.set_label(&ns, true).await;
+    cluster::poll(
+        "both Pods in the gauge",
+        Duration::from_secs(30),
+        || async { (workloads::series(&injector, gauge) == 2.0).then_some(()) },
+    )
+    .await;
+    let to_gauge = labelled.elapsed();
+    for (pod, why) in [
+        ("web-1", "not deleted: podReport.deleteOwnedPods is off"),
+        (
+            "bare",
+            "not deleted: no controller owns it (a bare Pod is never deleted)",
+        ),
+    ] {
+        let e = workloads::wait_event(client, &ns, pod, "MissingPullSecret").await;
+        assert_eq!(e.len(), 1, "{e:#?}");
+        for part in [
+            "image cr.yandex/crp/app:1 needs Secret yc-registry-secret (registry yandex), which the Pod does not name",
+            why,
+        ] {
+            assert!(e[0].1.contains(part), "{part} in {e:?}");
+        }
+    }
+    let (code, out, err) = workloads::report(&injector.config, "table").await;
+    assert_eq!(code, 2, "{out}{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert!(
+        lines[0].starts_with("NAMESPACE") && lines[0].contains("REASON"),
+        "{out}"
+    );
+    assert!(
+        lines[1].starts_with(&format!("{ns}   bare ")) && lines[1].contains("<none>"),
+        "{out}"
+    );
+    assert!(
+        lines[2].contains("web-1") && lines[2].contains("ReplicaSet/web"),
+        "{out}"
+    );
+
+    // Reported once, not on every pass: kubelet retries the bare Pod's pull after its
+    // back-off (10 s and more: many passes), and there is still one Event each.
+    let failed = node::failed_pulls(client, &ns, "bare").await;
+    cluster::poll(
+        "kubelet to retry the bare Pod's pull",
+        Duration::from_secs(90),
+        || async { (node::failed_pulls(client, &ns, "bare").await > failed).then_some(()) },
+    )
+    .await;
+    for pod in ["web-1", "bare"] {
+        let e = workloads::events(client, &ns, pod, "MissingPullSecret").await;
+        assert!(e.len() == 1 && e[0].0 == 1, "{pod}: {e:#?}");
+    }
+
+    // The option on, as `helm upgrade --set podReport.deleteOwnedPods=true` makes it: pods
+    // delete in the pods ClusterRole, the config, a new process.
+    workloads::grant_pod_deletion(&fx);
+    assert_eq!(injector.terminate().code(), Some(0));
+    config.pod_report.delete_owned_pods = true;
+    let injector = fx.start_config(config, &[]).await;
+    let t0 = Instant::now();
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns);
+    cluster::poll("web-1 to be deleted", Duration::from_secs(30), || async {
+        pods.get_opt("web-1").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    let to_deleted = t0.elapsed();
+    let deleted = workloads::wait_event(client, &ns, "web-1", "DeletedForPullSecret").await;
+    assert!(
+        deleted[0].1.contains(
+            "deleted so that ReplicaSet/web creates a Pod the webhook gives its Secret (yc-registry-secret)"
+        ),
+        "{deleted:#?}"
+    );
+    // Standing in for the ReplicaSet controller: its new Pod gets the Secret and runs.
+    let replacement = workloads::create_owned_pod(client, &ns, &rs, "web-2").await;
+    assert_eq!(node::pull_secrets(&replacement), [SECRET]);
+    let running = fx.running(&ns, "web-2").await;
+    fx.assert_pulled_first_time(&ns, "web-2").await;
+    cluster::poll(
+        "the gauge to count the bare Pod only",
+        Duration::from_secs(30),
+        || async { (workloads::series(&injector, gauge) == 1.0).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        workloads::series(
+            &injector,
+            "pullsecret_injector_pod_deletions_total{result=\"deleted\"}"
+        ),
+        1.0
+    );
+    // The bare Pod: reported (once by each leader), never deleted.
+    let e = cluster::poll(
+        "the new leader's Event on the bare Pod",
+        Duration::from_secs(30),
+        || async {
+            let e = workloads::events(client, &ns, "bare", "MissingPullSecret").await;
+            (e.len() == 2).then_some(e)
+        },
+    )
+    .await;
+    assert!(e.iter().all(|(count, _)| *count == 1), "{e:#?}");
+    assert!(
+        pods.get_opt("bare").await.unwrap().is_some(),
+        "never deleted"
+    );
+    assert!(
+        workloads::events(client, &ns, "bare", "DeletedForPullSecret")
+            .await
+            .is_empty()
+    );
+    report(&format!(
+        "Pods before the label: labelled -> both in the gauge {to_gauge:.1?}; option on -> owned \
+         Pod deleted {to_deleted:.1?} after start; its replacement Running {running:.1?} after \
+         creation; the bare Pod kept"
+    ));
     fx.finish().await;
 }

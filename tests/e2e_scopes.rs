@@ -66,15 +66,18 @@ registries:
   - name: yandex
     hosts: [cr.yandex]
     secretName: {SHARED}
+    probeHosts: []
     credentials: {{ basic: {{ username: iam, passwordFile: /creds/yandex }} }}
   - name: team-a
     hosts: [registry.team-a.example]
     secretName: {TEAM_A}
+    probeHosts: []
     namespaceSelector: {{ matchLabels: {{ {TEAM}: a }} }}
     credentials: {{ basic: {{ username: robot-a, passwordFile: /creds/team-a }} }}
   - name: team-b
     hosts: [registry.team-b.example]
     secretName: {TEAM_B}
+    probeHosts: []
     namespaceSelector:
       matchExpressions: [{{ key: {TEAM}, operator: In, values: [b] }}]
     credentials: {{ basic: {{ username: robot-b, passwordFile: /creds/team-b }} }}

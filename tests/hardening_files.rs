@@ -65,12 +65,13 @@ impl Setup {
         p
     }
 
-    /// A config with `credentials_yaml` (one source, one line) and the given TLS files.
+    /// A config with `credentials_yaml` (one source, one line) and the given TLS files. It
+    /// probes no host: `cr.yandex` is a real name that nothing here may look up.
     fn config_with(&self, credentials_yaml: &str, cert: &Path, key: &Path) -> PathBuf {
         self.write(
             "config.yaml",
             format!(
-                "webhook:\n  listen: \"127.0.0.1:{}\"\n  tlsCertFile: {}\n  tlsKeyFile: {}\nadmin:\n  listen: \"127.0.0.1:{}\"\nsync:\n  leaderElection: {{ enabled: false }}\nregistries:\n  - name: reg\n    hosts: [cr.yandex]\n    secretName: reg-secret\n    credentials:\n      {credentials_yaml}\n",
+                "webhook:\n  listen: \"127.0.0.1:{}\"\n  tlsCertFile: {}\n  tlsKeyFile: {}\nadmin:\n  listen: \"127.0.0.1:{}\"\nsync:\n  leaderElection: {{ enabled: false }}\nregistries:\n  - name: reg\n    hosts: [cr.yandex]\n    secretName: reg-secret\n    probeHosts: []\n    credentials:\n      {credentials_yaml}\n",
                 self.webhook_port,
                 cert.display(),
                 key.display(),

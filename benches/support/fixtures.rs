@@ -24,11 +24,13 @@ pub const REGISTRIES_YAML: &str = r#"registries:
   - name: yandex
     hosts: ["cr.yandex", "registry.yandexcloud.net"]
     secretName: yc-registry-secret
+    probeHosts: []
     credentials:
       basic: { username: iam, passwordFile: PASSWORD_FILE }
   - name: corp
     hosts: ["*.corp.example.com"]
     secretName: corp-registry-secret
+    probeHosts: []
     credentials:
       basic: { username: robot, passwordFile: PASSWORD_FILE }
 "#;

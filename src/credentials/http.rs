@@ -26,7 +26,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, StatusCode, Uri};
+use http::{HeaderMap, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
@@ -350,6 +350,18 @@ impl HttpClient {
         endpoint: &str,
         request: Request<Full<Bytes>>,
     ) -> Result<Answer, CredentialError> {
+        self.send_with_headers(endpoint, request)
+            .await
+            .map(|(answer, _)| answer)
+    }
+
+    /// [`HttpClient::send`], also returning the answer's headers (the registry probe reads
+    /// `WWW-Authenticate` and `Location`).
+    pub(crate) async fn send_with_headers(
+        &self,
+        endpoint: &str,
+        request: Request<Full<Bytes>>,
+    ) -> Result<(Answer, HeaderMap), CredentialError> {
         if request.uri().scheme_str() == Some("https")
             && let Some(problem) = &self.roots_problem
         {
@@ -368,6 +380,7 @@ impl HttpClient {
                         problem: error_chain(&e),
                     })?;
             let status = response.status();
+            let headers = response.headers().clone();
             let body = Limited::new(response.into_body(), MAX_BODY_BYTES)
                 .collect()
                 .await
@@ -376,7 +389,7 @@ impl HttpClient {
                     problem: format!("reading the answer: {}", error_chain(e.as_ref())),
                 })?
                 .to_bytes();
-            Ok(Answer { status, body })
+            Ok((Answer { status, body }, headers))
         };
         tokio::time::timeout(self.options.request_timeout, exchange)
             .await

@@ -12,6 +12,7 @@
 //! value read from a credential file or a token answer.
 
 mod http;
+pub mod probe;
 mod secret;
 mod static_;
 mod yandex_key;
@@ -375,6 +376,11 @@ impl Provider {
     pub fn for_hosts(mut self, registry_hosts: &[HostPattern]) -> Self {
         self.hosts = Some(registry_hosts.to_vec());
         self
+    }
+
+    /// The HTTP client its requests go through (shared with the registry probe).
+    pub fn http(&self) -> &HttpClient {
+        &self.http
     }
 
     /// The config key of the source (`yandexAuthorizedKey`, `basic`...).

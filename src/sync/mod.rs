@@ -21,7 +21,9 @@
 pub mod apply;
 pub mod leader;
 pub mod plan;
+pub mod pods;
 pub mod policy;
+pub mod prove;
 pub mod queue;
 pub mod refresh;
 pub mod secret;
@@ -44,6 +46,7 @@ use crate::credentials::{Credential, CredentialError, HttpClient, Provider};
 use crate::health::Health;
 use crate::labels::LabelSelector;
 use crate::metrics::Metrics;
+use crate::registry::HostPattern;
 use refresh::{RefreshStatus, RefreshTiming};
 use secret::MANAGER;
 use state::State;
@@ -62,6 +65,8 @@ pub struct RegistrySync {
     pub namespace_selector: Option<LabelSelector>,
     /// Where its credential comes from.
     pub provider: Provider,
+    /// The hosts at which each new credential is proven (`probeHosts`).
+    pub probe_hosts: Vec<HostPattern>,
     /// The latest good credential (`None` until the first success). Kept across terms of
     /// leadership, so that a regained lease reuses what is not due yet.
     pub credential: channel::Sender<Option<Arc<Credential>>>,
@@ -78,9 +83,16 @@ impl RegistrySync {
             hosts,
             namespace_selector: None,
             provider,
+            probe_hosts: Vec::new(),
             credential: channel::Sender::new(None),
             status: channel::Sender::new(RefreshStatus::NotYet),
         }
+    }
+
+    /// The same registry, proving each new credential at `hosts`.
+    pub fn with_probe_hosts(mut self, hosts: Vec<HostPattern>) -> Self {
+        self.probe_hosts = hosts;
+        self
     }
 }
 
@@ -108,7 +120,8 @@ pub fn registries(
                 hosts.collect(),
                 Provider::new(&r.credentials, http)?.for_hosts(r.entry.hosts()),
             )
-            .with_namespace_selector(r.namespace_selector.clone()))
+            .with_namespace_selector(r.namespace_selector.clone())
+            .with_probe_hosts(r.probe_hosts.clone()))
         })
         .collect()
 }
@@ -263,10 +276,16 @@ impl SyncTask {
     /// `term` is cancelled.
     async fn lead(&self, term: &CancellationToken) {
         let timing = self.options.timing;
+        let prover = prove::Prover::new(
+            self.client.clone(),
+            &self.state,
+            &self.options.instance,
+            &self.metrics,
+        );
         let refreshers = self
             .registries
             .iter()
-            .map(|r| refresh::refresh_loop(r, timing, &self.metrics, term));
+            .map(|r| refresh::refresh_loop(r, timing, &self.metrics, Some(&prover), term));
         // A new credential concerns every matching namespace.
         let notifiers = self.registries.iter().map(|r| async move {
             let mut changed = r.credential.subscribe();

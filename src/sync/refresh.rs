@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::credentials::{Credential, CredentialError, Fingerprint, Provider};
 use crate::metrics::{Metrics, RefreshLabel, RegistryLabel};
+use crate::sync::prove::{Prover, Verdict};
 use crate::sync::{RegistrySync, policy};
 
 /// How often the credential files are checked for rotation between refreshes (the
@@ -42,11 +43,14 @@ pub struct RefreshTiming {
 }
 
 /// Refresh `registry`'s credential until `stop` is cancelled, publishing each success on
-/// `registry.credential` and each outcome on `registry.status`.
+/// `registry.credential` and each outcome on `registry.status`. With a `prover`, each new
+/// credential is proven against the registry first, and one it refuses is published only
+/// if it is no worse than what the Secrets hold ([`crate::sync::prove::decide`]).
 pub async fn refresh_loop(
     registry: &RegistrySync,
     timing: RefreshTiming,
     metrics: &Metrics,
+    prover: Option<&Prover<'_>>,
     stop: &CancellationToken,
 ) {
     let RefreshTiming {
@@ -83,16 +87,40 @@ pub async fn refresh_loop(
         let seen = provider.files_fingerprint().await;
         let delay = match provider.fetch().await {
             Ok(credential) => {
-                failures = 0;
-                let delay = policy::next_refresh(
-                    Timestamp::now(),
-                    credential.issued_at(),
-                    credential.expires_at(),
-                    refresh_interval,
-                    jitter(),
-                );
-                succeeded(registry, credential, metrics);
-                delay
+                let verdict = match prover {
+                    Some(p) => {
+                        p.admit(registry, &credential.secret_data(&registry.hosts))
+                            .await
+                    }
+                    None => Verdict::Publish { note: None },
+                };
+                match verdict {
+                    Verdict::Publish { note } => {
+                        if let Some(note) = note {
+                            tracing::warn!(registry = %registry.name, "writing the credential the registry refuses: {note}");
+                        }
+                        failures = 0;
+                        let delay = policy::next_refresh(
+                            Timestamp::now(),
+                            credential.issued_at(),
+                            credential.expires_at(),
+                            refresh_interval,
+                            jitter(),
+                        );
+                        succeeded(registry, credential, metrics);
+                        delay
+                    }
+                    Verdict::Withhold { reason, adopt } => {
+                        count(metrics, &registry.name, "success");
+                        if let Some(kept) = adopt {
+                            adopted(registry, kept, metrics);
+                        }
+                        let delay = policy::backoff(failures, fastrand::f64());
+                        failures = failures.saturating_add(1);
+                        withheld(registry, &reason, delay);
+                        delay
+                    }
+                }
             }
             Err(e) => {
                 let delay = policy::backoff(failures, fastrand::f64());
@@ -117,16 +145,20 @@ fn count(metrics: &Metrics, registry: &str, result: &'static str) {
         .inc();
 }
 
+fn set_expiry(metrics: &Metrics, registry: &str, expires_at: Timestamp) {
+    metrics
+        .credential_expiry
+        .get_or_create(&RegistryLabel {
+            registry: registry.to_string(),
+        })
+        .set(expires_at.as_millisecond() as f64 / 1000.0);
+}
+
 /// Publish a fresh credential; count and log it.
 fn succeeded(registry: &RegistrySync, credential: Credential, metrics: &Metrics) {
     count(metrics, &registry.name, "success");
     if let Some(expires_at) = credential.expires_at() {
-        metrics
-            .credential_expiry
-            .get_or_create(&RegistryLabel {
-                registry: registry.name.clone(),
-            })
-            .set(expires_at.as_millisecond() as f64 / 1000.0);
+        set_expiry(metrics, &registry.name, expires_at);
     }
     tracing::info!(
         registry = %registry.name,
@@ -162,6 +194,34 @@ fn failed(registry: &RegistrySync, e: &CredentialError, retry_in: Duration, metr
         retry_in = %humantime::format_duration(round_secs(retry_in)),
         last_good_still_valid = usable,
         "credential refresh failed; Secrets keep the last good credential"
+    );
+}
+
+/// This process has no credential yet and the one the Secrets hold is better than the new
+/// one: publish it, so that namespaces opting in meanwhile get it too (existing Secrets are
+/// not rewritten: the data is built the same way).
+fn adopted(registry: &RegistrySync, kept: Credential, metrics: &Metrics) {
+    if registry.credential.borrow().is_some() {
+        return;
+    }
+    if let Some(expires_at) = kept.expires_at() {
+        set_expiry(metrics, &registry.name, expires_at);
+    }
+    tracing::info!(registry = %registry.name, "using the credential the Secrets hold, which the registry accepts, until a new one is accepted");
+    registry.credential.send_replace(Some(Arc::new(kept)));
+}
+
+/// A new credential was withheld (the registry refuses it, and accepts the one the
+/// Secrets hold): report it like a failed refresh, without touching the credential.
+fn withheld(registry: &RegistrySync, reason: &str, retry_in: Duration) {
+    let status = RefreshStatus::Failing(reason.to_string());
+    registry
+        .status
+        .send_if_modified(|s| std::mem::replace(s, status.clone()) != status);
+    tracing::warn!(
+        registry = %registry.name,
+        retry_in = %humantime::format_duration(round_secs(retry_in)),
+        "new credential withheld: {reason}"
     );
 }
 
@@ -238,7 +298,10 @@ mod tests {
             tokio::time::sleep(for_).await;
             stop.cancel();
         };
-        tokio::join!(refresh_loop(registry, timing, &metrics, &stop), stopper);
+        tokio::join!(
+            refresh_loop(registry, timing, &metrics, None, &stop),
+            stopper
+        );
         metrics
             .credential_refresh
             .get_or_create(&RefreshLabel {
@@ -311,7 +374,10 @@ mod tests {
             stop.cancel();
             s
         };
-        let ((), failing) = tokio::join!(refresh_loop(&registry, timing, &metrics, &stop), watcher);
+        let ((), failing) = tokio::join!(
+            refresh_loop(&registry, timing, &metrics, None, &stop),
+            watcher
+        );
         let RefreshStatus::Failing(e) = failing else {
             unreachable!()
         };

@@ -598,6 +598,8 @@ pub fn apply_chart_rbac(
             "templates/rbac.yaml",
             "--show-only",
             "templates/admission-policy.yaml",
+            "--show-only",
+            "templates/rbac-pods.yaml",
             // What `helm install` discovers on a 1.30+ API server such as the test's.
             "--api-versions",
             "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy",

@@ -6,6 +6,7 @@ pub mod admission;
 pub mod iam;
 pub mod metadata;
 pub mod proxy;
+pub mod registry;
 pub mod wif;
 
 /// A stand-in HTTP server on `127.0.0.1:<random port>` (plain HTTP) whose handlers share

@@ -60,7 +60,7 @@ impl Binary {
         std::fs::write(
             &config,
             format!(
-                "webhook:\n  listen: \"127.0.0.1:{webhook_port}\"\n  tlsCertFile: {}\n  tlsKeyFile: {}\n{}admin:\n  listen: \"127.0.0.1:{admin_port}\"\n{}registries:\n  - name: yandex\n    hosts: [cr.yandex, registry.yandexcloud.net]\n    secretName: yc-registry-secret\n    credentials:\n      basic: {{ username: robot, passwordFile: {} }}\n",
+                "webhook:\n  listen: \"127.0.0.1:{webhook_port}\"\n  tlsCertFile: {}\n  tlsKeyFile: {}\n{}admin:\n  listen: \"127.0.0.1:{admin_port}\"\n{}registries:\n  - name: yandex\n    hosts: [cr.yandex, registry.yandexcloud.net]\n    secretName: yc-registry-secret\n    probeHosts: []\n    credentials:\n      basic: {{ username: robot, passwordFile: {} }}\n",
                 certs.cert().display(),
                 certs.key().display(),
                 indent(webhook_yaml),

@@ -196,6 +196,10 @@ sync:
     enabled: {{ $le.enabled }}
     leaseName: {{ $le.leaseName | toJson }}
     leaseNamespace: {{ include "psi.leaseNamespace" . | toJson }}
+podReport:
+  enabled: {{ .Values.podReport.enabled }}
+  deleteOwnedPods: {{ .Values.podReport.deleteOwnedPods }}
+  maxDeletionsPerMinute: {{ int .Values.podReport.maxDeletionsPerMinute }}
 registries:
 {{ toYaml (include "psi.configRegistries" . | fromYamlArray) }}
 {{- end -}}
