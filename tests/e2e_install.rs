@@ -270,6 +270,8 @@ mod in_cluster {
                 "iam-ca",
                 &format!("--from-file=ca.crt={}", certs.join("ca.crt").display()),
             ]);
+            // The audience the Pods' JWTs carry is the endpoint they are configured with.
+            iam.set_public_url(&format!("https://{}/iam/v1/tokens", front.addr));
             self.iam = Some((iam, front));
         }
 

@@ -292,6 +292,12 @@ impl IamStandIn {
         format!("{scheme}://{}:{}{IAM_PATH}", self.host, self.addr.port())
     }
 
+    /// Behind a front (a TLS terminator on another address), the URL clients use and so the
+    /// audience its JWTs must carry from now on, as the real service checks its public URL.
+    pub fn set_public_url(&self, url: &str) {
+        self.lock().url = url.to_string();
+    }
+
     /// The loopback address it listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
