@@ -190,8 +190,9 @@ def main():
     check(env.get("POD_NAME", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.name", "POD_NAME")
     check(env.get("POD_NAMESPACE", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.namespace", "POD_NAMESPACE")
     sync = "--no-sync" not in c["args"]
-    check(spec.get("automountServiceAccountToken") is sync,
-          f"automountServiceAccountToken must be {sync} (a token only for the sync task)")
+    token = sync or mode == "injector"
+    check(spec.get("automountServiceAccountToken") is token,
+          f"automountServiceAccountToken must be {token} (a token only for the sync task and injector-mode certificates)")
     check(spec.get("terminationGracePeriodSeconds") == 30, "terminationGracePeriodSeconds")
     sc, psc = c["securityContext"], spec["securityContext"]
     check(sc.get("readOnlyRootFilesystem") is True and sc.get("allowPrivilegeEscalation") is False

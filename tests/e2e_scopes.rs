@@ -52,7 +52,9 @@ impl std::ops::Deref for Fixture {
 impl Fixture {
     async fn new() -> Self {
         let release = Release::new("scopes", LABEL).await;
-        let release_name = format!("r{}", release.id);
+        // The release is named like the fixture's: the chart's sync.instance, which the
+        // admission policy requires on every Secret the ServiceAccount writes, matches.
+        let release_name = release.id.clone();
         let values = release.dir.path().join("values.yaml");
         let ca = base64::engine::general_purpose::STANDARD.encode(&release.certs.ca_pem);
         std::fs::write(
@@ -251,7 +253,10 @@ fn report(line: &str) {
 #[ignore = "needs the local control plane: run scripts/test.sh"]
 async fn each_namespace_gets_exactly_its_teams_secrets_and_injections_and_relabelling_moves_them() {
     let fx = Fixture::new().await;
-    let injector = fx.start(fx.chart_config(), &[]);
+    let config = fx.chart_config();
+    // RBAC and the admission policy for the three Secret names this config uses.
+    fx.authorise(&config);
+    let injector = fx.start(config, &[]);
     fx.register(&injector);
     let id = fx.id.clone();
     let a = fx.namespace_with("a", &[(LABEL, &id), (TEAM, "a")]).await;

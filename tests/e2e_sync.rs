@@ -84,12 +84,10 @@ async fn labelled_namespace_gets_a_pull_secret_with_the_iam_token_for_both_hosts
         assert_eq!(config.auths[host].username, "iam", "{host}");
         assert_eq!(config.auths[host].password, "t1.first-token", "{host}");
     }
-    // The JWT the stand-in verified came from the key file.
+    // The JWT the stand-in verified came from the key file, addressed to the configured
+    // endpoint (the documented https://iam.api.cloud.yandex.net/iam/v1/tokens by default).
     let claims = fx.iam.last_claims().expect("a verified JWT");
-    assert_eq!(
-        claims["aud"],
-        "https://iam.api.cloud.yandex.net/iam/v1/tokens"
-    );
+    assert_eq!(claims["aud"], fx.iam.endpoint().as_str());
     let m = metrics(&injector);
     assert_eq!(
         cluster::metric(&m, "pullsecret_injector_managed_namespaces"),

@@ -121,7 +121,7 @@ pub async fn wait_event(client: &Client, ns: &str, name: &str, reason: &str) -> 
 /// `podReport.deleteOwnedPods=true` (what `helm upgrade --set ...` would apply).
 pub fn grant_pod_deletion(release: &Release) {
     let rendered = std::process::Command::new(cluster::helm())
-        .args(["template", &format!("r{}", release.id)])
+        .args(["template", &release.id])
         .arg(cluster::repo().join("charts/pullsecret-injector"))
         .args(["--namespace", &release.release_ns])
         .args(["--show-only", "templates/rbac-pods.yaml"])
