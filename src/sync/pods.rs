@@ -262,7 +262,7 @@ impl PodReport {
             let decision = if self.config.delete_owned_pods {
                 self.may_delete(f)
             } else {
-                Err("podReport.deleteOwnedPods is off".to_string())
+                Err(Self::why_kept(f))
             };
             if !reported {
                 self.publish_found(f, &decision, recorder).await;
@@ -287,6 +287,19 @@ impl PodReport {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take(Instant::now())
+    }
+
+    /// Why `f` is not deleted with `podReport.deleteOwnedPods` off: a Pod no controller
+    /// would recreate is never deleted anyway, and says so.
+    fn why_kept(f: &Finding) -> String {
+        match &f.owner {
+            Some(o) if o.recreates_pods() => "podReport.deleteOwnedPods is off".to_string(),
+            Some(o) => format!(
+                "its controller {}/{} is not one known to recreate its Pods",
+                o.kind, o.name
+            ),
+            None => "no controller owns it (a bare Pod is never deleted)".to_string(),
+        }
     }
 
     /// Whether `f` may be deleted now: `Ok` with a description of its controller.
