@@ -36,7 +36,7 @@
 #    name only (kubectl auth can-i for the configured name, other names and no name), the
 #    ValidatingAdmissionPolicy installed because the API server serves it; an upgrade that
 #    renames the secretName retires the old name (list/watch/delete only) for that upgrade;
-#    an upgrade to sync.enabled=false leaves no RBAC, no policy and no token mount.
+#    an upgrade to sync.enabled=false (selfSigned certificates) leaves no RBAC, no policy and no token mount.
 #
 # 5. The alerts (scripts/alerts-check.sh): promtool check and unit tests of the PrometheusRule,
 #    and the API server alerts fired on the real kube-apiserver's fail-open and rejection series.

@@ -194,13 +194,19 @@ impl CertManager {
         }
     }
 
-    /// Every replica: serve what the Secret holds.
+    /// Every replica: serve what the Secret holds (and make it when there is none).
     async fn read_pass(&mut self) -> Result<(), CertError> {
-        let secret = self.get_secret().await?;
-        if let Some(s) = &secret {
-            self.serve(s);
+        match self.get_secret().await? {
+            Some(s) => {
+                self.serve(&s);
+                Ok(())
+            }
+            // No Secret yet, and the Lease holder does not make it: a leader that keeps its
+            // certificate otherwise (a release switching to certificates.mode=injector, whose
+            // old Pods hold the Lease until the new ones are ready). Make it here; the create
+            // is compare-and-swap like every write, so two replicas never both succeed.
+            None => self.write_pass().await,
         }
-        Ok(())
     }
 
     /// The writer: read the webhook configuration, then the Secret; decide; write.

@@ -148,7 +148,9 @@ Whether to install the ValidatingAdmissionPolicy (rbac.admissionPolicy): true, f
 */}}
 {{- define "psi.admissionPolicy" -}}
 {{- $want := .Values.rbac.admissionPolicy -}}
-{{- if and .Values.rbac.create .Values.sync.enabled -}}
+{{- /* Wherever the ServiceAccount may create Secrets: the sync task, or the injector's own
+certificate (a webhook-only install in injector mode may create Secrets in its namespace). */ -}}
+{{- if and .Values.rbac.create (or .Values.sync.enabled (eq .Values.certificates.mode "injector")) -}}
 {{- if eq (toString $want) "auto" -}}
 {{- if .Capabilities.APIVersions.Has "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy" }}true{{ end -}}
 {{- else if eq (toString $want) "true" -}}
