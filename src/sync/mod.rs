@@ -269,6 +269,9 @@ impl SyncTask {
             };
             tokio::join!(self.lead(&term), end_of_term);
             self.health.set_sync_leading(false);
+            // Only the leader probes: a former leader's last results would go stale (and
+            // keep an alert firing) while the new one exports its own.
+            self.metrics.credential_probe_result.clear();
         }
     }
 
