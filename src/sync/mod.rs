@@ -153,6 +153,10 @@ pub struct SyncTask {
     metrics: Metrics,
     health: Arc<Health>,
     state: State,
+    /// How many of the mirrors (the namespaces' and each Secret name's) have been listed
+    /// once: the writer acts only when all of them have, never on a partial picture (a
+    /// managed Secret seen before its namespace would look like one to delete).
+    listed: channel::Sender<usize>,
 }
 
 impl std::fmt::Debug for SyncTask {
@@ -185,7 +189,23 @@ impl SyncTask {
             metrics,
             health,
             state,
+            listed: channel::Sender::new(0),
         })
+    }
+
+    /// One more mirror has been listed for the first time.
+    fn mirror_listed(&self) {
+        self.listed.send_modify(|n| *n += 1);
+    }
+
+    /// Wait until every mirror has been listed once; `false` when `term` ends first.
+    async fn wait_listed(&self, term: &CancellationToken) -> bool {
+        let all = 1 + self.state.secret_mirrors().count();
+        let mut listed = self.listed.subscribe();
+        tokio::select! {
+            () = term.cancelled() => false,
+            r = listed.wait_for(|n| *n >= all) => r.is_ok(),
+        }
     }
 
     fn recorder(&self) -> Recorder {
@@ -208,6 +228,7 @@ impl SyncTask {
             self.metrics.managed_namespaces.set(active as i64);
             if change == watch::Change::Listed && !listed_once {
                 listed_once = true;
+                self.mirror_listed();
                 self.health.set_sync_listed();
                 tracing::info!(namespaces = active, selector = %self.options.selector, "namespaces listed");
             }
@@ -232,12 +253,19 @@ impl SyncTask {
             let config = watcher::Config::default()
                 .fields(&format!("metadata.name={name}"))
                 .labels(&labels);
+            let mut listed_once = false;
+            let this = &self;
             watch::watch(
                 api.clone(),
                 config,
                 mirror,
                 &self.state.queue,
-                |_| {},
+                move |change| {
+                    if change == watch::Change::Listed && !listed_once {
+                        listed_once = true;
+                        this.mirror_listed();
+                    }
+                },
                 &stop,
             )
         });
@@ -300,9 +328,6 @@ impl SyncTask {
                 self.state.queue_matching();
             }
         });
-        // Whatever we know now may need work (e.g. our Secrets in namespaces that stopped
-        // matching while no one was leading).
-        self.state.queue_everything();
         let worker = Worker {
             state: &self.state,
             registries: &self.registries,
@@ -315,11 +340,16 @@ impl SyncTask {
             limiter: Limiter::new(self.options.max_writes_per_second),
             metrics: &self.metrics,
         };
-        tokio::join!(
-            join_all(refreshers),
-            join_all(notifiers),
-            worker.run(term.clone())
-        );
+        let work = async {
+            if !self.wait_listed(term).await {
+                return;
+            }
+            // Whatever we know now may need work (e.g. our Secrets in namespaces that
+            // stopped matching while no one was leading).
+            self.state.queue_everything();
+            worker.run(term.clone()).await;
+        };
+        tokio::join!(join_all(refreshers), join_all(notifiers), work);
     }
 
     /// Report every change of a registry's refresh status: health (the admin endpoints) and
