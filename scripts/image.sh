@@ -32,7 +32,8 @@
 # The build's RUN steps reach crates.io (cargo) and nothing else; the base registry is on
 # loopback.
 #
-# Knobs: PSI_IMAGE_TIMEOUT (seconds for one build, default 3600).
+# Knobs: PSI_IMAGE_TIMEOUT (seconds for one build, default 3600), PSI_BUILDKIT_KEEP_MB (BuildKit's
+# layer cache budget, default 3000: pruned to it after each build).
 # Progress and errors go to stderr, prefixed "image:".
 set -euo pipefail
 LIB_NAME=image
@@ -41,6 +42,8 @@ source "$(dirname "$0")/lib.sh"
 
 PACKAGES=(runc skopeo docker-registry mmdebstrap python3 curl)
 BK_STATE=$CACHE_DIR/buildkit
+# BuildKit's layer cache budget (MB): GC threshold and the prune after each build.
+BK_KEEP_MB=${PSI_BUILDKIT_KEEP_MB:-3000}
 BASES_DIR=$IMAGE_DIR/bases
 DEBIAN_MIRROR=http://deb.debian.org/debian
 SUITE=bookworm
@@ -161,6 +164,10 @@ ensure_bases() {
     touch "$tmp/.done"
     rm -rf --one-file-system "$dir"
     mv "$tmp" "$dir"
+    # Base images of an earlier key (another toolchain, recipe or trust roots) are never used
+    # again.
+    find "$BASES_DIR" -mindepth 1 -maxdepth 1 -type d ! -name "$key" ! -name '.build.*' \
+        -exec rm -rf --one-file-system {} +
     say "base images built in $((SECONDS - t0))s: $dir ($(du -sh "$dir" | cut -f1))"
 }
 
@@ -235,8 +242,9 @@ root = "$BK_STATE/root"
   # RUN steps share the host's network: cargo reaches crates.io, nothing else is asked for.
   networkMode = "host"
   gc = true
-  # Layer cache kept between builds (the dependency layer is the slow one).
-  gckeepstorage = "8GB"
+  # Layer cache kept between builds (the dependency layer is the slow one): the builder base
+  # (~0.9 GB) and the dependency layer (~0.9 GB) of the last build fit; older ones go.
+  gckeepstorage = "${BK_KEEP_MB}MB"
 [worker.containerd]
   enabled = false
 [registry."$reg"]
@@ -261,6 +269,11 @@ EOF
     fi
     mv -f "$out.tmp" "$out"
     chmod 644 "$out"
+    # BuildKit collects garbage in the background; prune now, least recently used first, so
+    # that the state folder stays within the GC budget when the next step needs the disk.
+    "$bk/buildctl" --addr "unix://$RUN_DIR/buildkitd.sock" prune --keep-storage "$BK_KEEP_MB" >/dev/null 2>&1 ||
+        say "WARNING: buildctl prune failed; BuildKit's state may exceed ${BK_KEEP_MB} MB ($BK_STATE/root)"
+    say "BuildKit state: $(du -sh "$BK_STATE/root" 2>/dev/null | cut -f1) (kept below ${BK_KEEP_MB} MB)"
     digest=$(python3 "$SCRIPTS/oci-image.py" --inspect "$out" | python3 -c 'import json,sys; print(json.load(sys.stdin)["manifestDigest"])') ||
         die "the built archive $out cannot be read"
     say "built $name ($digest) in $((SECONDS - t0))s: $out"

@@ -8,6 +8,9 @@
 #                                      holding both on stdout. Used by scripts/image.sh.
 #   scripts/install-tools.sh promtool  Installs Prometheus' promtool (PROMETHEUS_VERSION below)
 #                                      the same way; checks and unit-tests the chart's alerts.
+#   scripts/install-tools.sh trim-go   Empties the Go build and module caches (below) once the
+#                                      tools are built: ~10 GB after a cold install. The test
+#                                      command runs it after its install steps.
 #
 # None is packaged by Debian and release downloads are not reachable here, so all are built
 # from the Go module proxy (needs Go >= the version their go.mod names).
@@ -171,12 +174,36 @@ install_promtool() {
     echo "$bin"
 }
 
+# trim_go: empties the Go build and module caches under CACHE_DIR/go (up to ~10 GB after a cold
+# install: Kubernetes, BuildKit, Prometheus). Every tool built from them is cached as a binary
+# under CACHE_DIR/bin or CACHE_DIR/kube-vX, so only a version change builds again (from the
+# module proxy, as on a fresh machine). Skipped, with a message, while a build holds the caches.
+trim_go() {
+    local dir=$CACHE_DIR/go lockfd go before
+    [[ -d $dir ]] || { say "Go caches: none under $dir"; return 0; }
+    exec {lockfd}>>"$CACHE_DIR/go-cache.lock"
+    if ! flock -x -n "$lockfd"; then
+        say "Go caches: a build is using them; not trimmed"
+        return 0
+    fi
+    before=$(du -sh "$dir" 2>/dev/null | cut -f1)
+    if go=$(find_go); then
+        GOMODCACHE=$dir/mod GOCACHE=$dir/build GOTOOLCHAIN=local GOFLAGS=-modcacherw \
+            "$go" clean -cache -modcache >/dev/null 2>&1 || true
+    fi
+    # What `go clean` leaves (or everything, without a Go toolchain), and the Go 1.19 build cache
+    # of control-plane.sh's fallback build from Debian's source package.
+    rm -rf --one-file-system "$dir"
+    say "Go caches: trimmed $dir (was $before; the built tools stay cached)"
+}
+
 case ${1:-} in
 helm) install_helm ;;
 buildkit) install_buildkit ;;
 promtool) install_promtool ;;
+trim-go) trim_go ;;
 *)
-    sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
     ;;
 esac

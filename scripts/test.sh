@@ -15,7 +15,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step() { printf '\n== %s (%s)\n' "$*" "$(date -u +%H:%M:%S)"; }
+# Each step line carries the time and the disk space left where target/ and the caches live
+# (a CI run that ran out of disk stopped with "No space left on device" 26 minutes in).
+CACHE_ROOT=${XDG_CACHE_HOME:-$HOME/.cache}
+free_gb() { df -P -k "$1" 2>/dev/null | awk 'NR == 2 { printf "%.1f", $4 / 1048576 }'; }
+step() {
+  printf '\n== %s (%s; free: %s GB here, %s GB for the caches)\n' "$*" "$(date -u +%H:%M:%S)" \
+    "$(free_gb .)" "$(mkdir -p "$CACHE_ROOT" && free_gb "$CACHE_ROOT")"
+}
 need() { command -v "$1" >/dev/null 2>&1 || { echo "scripts/test.sh: $1 not found: $2" >&2; exit 1; }; }
 
 need cargo "install Rust (stable) with rustup"
@@ -23,6 +30,16 @@ need kubectl "kubectl is needed by the end-to-end tests"
 if ! command -v openssl >/dev/null 2>&1; then
   step "installing openssl"
   apt-get update -qq && apt-get install -y -qq openssl >/dev/null
+fi
+
+# Disk: about 6 GB with warm caches (target/ ~3.5 GB, BuildKit's layer cache <= 3 GB, the
+# clusters' state), about 16 GB at the peak of a cold run (Go's build and module caches, up to
+# ~10 GB while the tools are built, are emptied once they are: scripts/install-tools.sh trim-go).
+# Non-incremental builds: the incremental cache would add ~1-3 GB that one run never reuses.
+export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
+avail=$(free_gb .)
+if [[ -n $avail ]] && awk -v a="$avail" 'BEGIN { exit !(a < 16) }'; then
+  echo "scripts/test.sh: WARNING: ${avail} GB free here; a cold run needs about 16 GB, a warm one about 6 GB" >&2
 fi
 
 step "rustfmt"
@@ -62,6 +79,9 @@ scripts/image.sh install
 step "promtool (cached after the first run; checks and unit-tests the chart's alerts)"
 PSI_PROMTOOL=$(scripts/install-tools.sh promtool)
 export PSI_PROMTOOL
+
+step "Go caches: trim (every tool above is cached as a binary)"
+scripts/install-tools.sh trim-go
 
 cp_dir=$(mktemp -d /tmp/psi-cp.XXXXXX)
 cluster_dir=$(mktemp -d /tmp/psi-cluster.XXXXXX)

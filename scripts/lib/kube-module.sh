@@ -16,8 +16,18 @@ find_go() {
 
 # go_env: caches under CACHE_DIR (shared by reruns, by every build here and by CI), the
 # installed Go only (no toolchain download), static binaries.
+# Holds a shared lock on CACHE_DIR/go-cache.lock for the rest of the calling process, so that
+# `scripts/install-tools.sh trim-go` never empties the caches under a running build.
 go_env() {
     export GOMODCACHE=$CACHE_DIR/go/mod GOCACHE=$CACHE_DIR/go/build
+    if [[ -z ${PSI_GO_CACHE_LOCKFD:-} ]]; then
+        mkdir -p "$CACHE_DIR"
+        exec {PSI_GO_CACHE_LOCKFD}>>"$CACHE_DIR/go-cache.lock"
+        flock -s -w 600 "$PSI_GO_CACHE_LOCKFD" || {
+            say "timed out waiting for $CACHE_DIR/go-cache.lock (a trim of the Go caches is running)"
+            return 1
+        }
+    fi
     export GOTOOLCHAIN=local GOWORK=off CGO_ENABLED=0 GOFLAGS="-modcacherw -buildvcs=false"
 }
 
