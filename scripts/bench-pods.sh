@@ -8,18 +8,11 @@
 # helm if needed (scripts/install-tools.sh, cached), and runs benches/pods.rs with the
 # release binary: scenarios none / noop / filtered / inject (/ peer with --peer PATH or
 # PSI_BENCH_PEER) in turns, medians of the rounds. --smoke: one round of 20 creates per
-# scenario, fails on errors only (scripts/test.sh). The control plane is stopped on exit.
+# scenario, fails on errors only (scripts/test.sh), with a dev build (PSI_BENCH_PROFILE
+# overrides; scripts/lib/bench.sh). The control plane is stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib/bench.sh
+source scripts/lib/bench.sh
 
-scripts/control-plane.sh install
-cp_dir=$(mktemp -d /tmp/psi-bench-pods.XXXXXX)
-cleanup() { scripts/control-plane.sh stop "$cp_dir" || true; rm -rf "$cp_dir"; }
-trap cleanup EXIT
-scripts/control-plane.sh start "$cp_dir"
-# shellcheck disable=SC1091
-source "$cp_dir/env"
-PSI_HELM=$(scripts/install-tools.sh helm)
-export PSI_HELM
-echo "bench-pods: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)" >&2
-cargo bench --locked --bench pods -- "$@"
+bench_on_control_plane bench-pods pods "$@"

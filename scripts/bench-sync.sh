@@ -11,15 +11,7 @@
 # The control plane is stopped on exit. About 7 minutes with the defaults.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib/bench.sh
+source scripts/lib/bench.sh
 
-scripts/control-plane.sh install
-cp_dir=$(mktemp -d /tmp/psi-bench-cp.XXXXXX)
-cleanup() { scripts/control-plane.sh stop "$cp_dir" || true; rm -rf "$cp_dir"; }
-trap cleanup EXIT
-scripts/control-plane.sh start "$cp_dir"
-# shellcheck disable=SC1091
-source "$cp_dir/env"
-PSI_HELM=$(scripts/install-tools.sh helm)
-export PSI_HELM
-echo "bench-sync: kube-apiserver ${PSI_TEST_KUBE_VERSION:-?}, $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)" >&2
-cargo bench --locked --bench sync -- "$@"
+bench_on_control_plane bench-sync sync "$@"

@@ -380,6 +380,63 @@ async fn serve_tls(
     }
 }
 
+/// A CA and a leaf it signed, made in `dir` with the `openssl` CLI (P-256 keys, valid one day);
+/// `ext` is the leaf's extensions (an openssl `-extfile`). Returns the paths of the CA
+/// certificate, the leaf's PKCS#8 key and the leaf certificate, all PEM.
+pub(crate) fn issue_p256(
+    dir: &Path,
+    ca_cn: &str,
+    leaf_cn: &str,
+    ext: Option<&str>,
+) -> (String, String, String) {
+    let p = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    let (ca_key, ca_crt, key, csr, crt) = (
+        p("ca.key"),
+        p("ca.crt"),
+        p("leaf.key"),
+        p("leaf.csr"),
+        p("leaf.crt"),
+    );
+    let (ca_subj, leaf_subj) = (format!("/CN={ca_cn}"), format!("/CN={leaf_cn}"));
+    let mut args = vec!["req", "-x509", "-days", "1", "-subj", &ca_subj];
+    args.extend(ec);
+    args.extend(["-keyout", &ca_key, "-out", &ca_crt]);
+    openssl(&args, b"");
+    let mut args = vec!["req", "-subj", &leaf_subj];
+    args.extend(ec);
+    args.extend(["-keyout", &key, "-out", &csr]);
+    openssl(&args, b"");
+    let ext_file = p("leaf.ext");
+    let mut args = vec![
+        "x509",
+        "-req",
+        "-days",
+        "1",
+        "-in",
+        &csr,
+        "-CA",
+        &ca_crt,
+        "-CAkey",
+        &ca_key,
+        "-CAcreateserial",
+        "-out",
+        &crt,
+    ];
+    if let Some(ext) = ext {
+        std::fs::write(&ext_file, ext).expect("writing the extensions file");
+        args.extend(["-extfile", &ext_file]);
+    }
+    openssl(&args, b"");
+    (ca_crt, key, crt)
+}
+
 /// A throwaway CA and a server certificate it issued for `127.0.0.1` and `localhost`.
 pub struct TestCa {
     /// The CA certificate, PEM (what `SSL_CERT_FILE` would point at).
@@ -399,56 +456,15 @@ impl TestCa {
     /// The same, the server certificate also naming `names` (DNS).
     pub fn generate_for(names: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let p = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
-        let ec = [
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-        ];
-        let mut args = vec![
-            "req",
-            "-x509",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=pullsecret-injector test CA",
-        ];
-        args.extend(ec);
-        let (ca_key, ca_crt) = (p("ca.key"), p("ca.crt"));
-        args.extend(["-keyout", &ca_key, "-out", &ca_crt]);
-        openssl(&args, b"");
-        let (key, csr, crt, ext) = (p("tls.key"), p("tls.csr"), p("tls.crt"), p("ext.cnf"));
-        let mut args = vec!["req", "-subj", "/CN=localhost"];
-        args.extend(ec);
-        args.extend(["-keyout", &key, "-out", &csr]);
-        openssl(&args, b"");
         let extra: String = names.iter().map(|n| format!(",DNS:{n}")).collect();
-        std::fs::write(
-            &ext,
-            format!("subjectAltName=IP:127.0.0.1,DNS:localhost{extra}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"),
-        )
-        .expect("writing ext.cnf");
-        openssl(
-            &[
-                "x509",
-                "-req",
-                "-days",
-                "1",
-                "-in",
-                &csr,
-                "-CA",
-                &ca_crt,
-                "-CAkey",
-                &ca_key,
-                "-CAcreateserial",
-                "-extfile",
-                &ext,
-                "-out",
-                &crt,
-            ],
-            b"",
+        let ext = format!(
+            "subjectAltName=IP:127.0.0.1,DNS:localhost{extra}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"
+        );
+        let (ca_crt, key, crt) = issue_p256(
+            dir.path(),
+            "pullsecret-injector test CA",
+            "localhost",
+            Some(&ext),
         );
         let read = |path: &str| std::fs::read_to_string(path).expect("reading generated PEM");
         Self {

@@ -29,7 +29,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer};
 use serde_json::json;
 
-use super::iam::{TestCa, openssl};
+use super::iam::{TestCa, issue_p256};
 
 /// The `service` of the token registry (the JWT `aud`).
 pub const SERVICE: &str = "pullsecret-injector-test-registry";
@@ -178,29 +178,7 @@ impl LocalRegistry {
 
     /// HTTP status of `GET /v2/`, with a Basic login if given.
     pub fn status(&self, login: Option<(&str, &str)>) -> u16 {
-        let mut c = Command::new("curl");
-        c.args([
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "--max-time",
-            "5",
-        ])
-        .arg("--cacert")
-        .arg(&self.ca_file);
-        if let Some((u, p)) = login {
-            c.arg("-u").arg(format!("{u}:{p}"));
-        }
-        let out = c
-            .arg(format!("https://{}/v2/", self.host))
-            .output()
-            .expect("running curl");
-        String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .unwrap_or(0)
+        v2_status(&self.host, &self.ca_file, login)
     }
 
     /// htpasswd registries: accept exactly `users` from now on (the registry reloads the
@@ -255,42 +233,7 @@ impl SigningKey {
     /// A CA and a leaf it signed; returns the key and the CA's PEM.
     fn generate() -> (Self, String) {
         let dir = tempfile::tempdir().unwrap();
-        let p = |n: &str| dir.path().join(n).to_string_lossy().into_owned();
-        let ec = [
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-        ];
-        let (ca_key, ca_crt, key, csr, crt) =
-            (p("ca.key"), p("ca.crt"), p("k.pem"), p("k.csr"), p("k.crt"));
-        let mut args = vec!["req", "-x509", "-days", "1", "-subj", "/CN=token issuer CA"];
-        args.extend(ec);
-        args.extend(["-keyout", &ca_key, "-out", &ca_crt]);
-        openssl(&args, b"");
-        let mut args = vec!["req", "-subj", "/CN=token signer"];
-        args.extend(ec);
-        args.extend(["-keyout", &key, "-out", &csr]);
-        openssl(&args, b"");
-        openssl(
-            &[
-                "x509",
-                "-req",
-                "-days",
-                "1",
-                "-in",
-                &csr,
-                "-CA",
-                &ca_crt,
-                "-CAkey",
-                &ca_key,
-                "-CAcreateserial",
-                "-out",
-                &crt,
-            ],
-            b"",
-        );
+        let (ca_crt, key, crt) = issue_p256(dir.path(), "token issuer CA", "token signer", None);
         let pem = |path: &str| std::fs::read(path).unwrap();
         let pkcs8 = PrivatePkcs8KeyDer::from_pem_slice(&pem(&key)).expect("PKCS#8 key");
         let pair = EcdsaKeyPair::from_pkcs8(
@@ -457,4 +400,32 @@ async fn token(
         json!({"token": jwt, "access_token": jwt, "expires_in": 300}).to_string(),
     )
         .into_response()
+}
+
+/// HTTP status of `GET https://HOST/v2/` with curl trusting only `ca_file`, with a Basic login
+/// if given; 0 when no answer came within 5 s.
+pub fn v2_status(host: &str, ca_file: &Path, login: Option<(&str, &str)>) -> u16 {
+    let mut c = Command::new("curl");
+    c.args([
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--max-time",
+        "5",
+    ])
+    .arg("--cacert")
+    .arg(ca_file);
+    if let Some((u, p)) = login {
+        c.arg("-u").arg(format!("{u}:{p}"));
+    }
+    let out = c
+        .arg(format!("https://{host}/v2/"))
+        .output()
+        .expect("running curl");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
 }

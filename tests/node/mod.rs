@@ -149,27 +149,7 @@ impl Node {
 
     /// HTTP status of `GET /v2/` on the registry with these credentials.
     pub fn registry_status(&self, user: &str, password: &str) -> u16 {
-        let out = Command::new("curl")
-            .args([
-                "-s",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "--max-time",
-                "5",
-            ])
-            .arg("--cacert")
-            .arg(&self.ca)
-            .arg("-u")
-            .arg(format!("{user}:{password}"))
-            .arg(format!("https://{}/v2/", self.registry))
-            .output()
-            .expect("running curl");
-        String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .unwrap_or(0)
+        crate::common::registry::v2_status(&self.registry, &self.ca, Some((user, password)))
     }
 
     /// `skopeo inspect --authfile AUTHFILE docker://<registry>/crp/app:1`, verifying TLS with
