@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use cluster::{Certs, Injector};
+use cluster::{Certs, Injector, pull_secrets};
 use common::iam::{Mode, TestKey};
 use fixture::{Release, SECRET};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
@@ -443,15 +443,13 @@ async fn broken_key_file_at_start_keeps_the_webhook_serving_and_is_reported() {
     )
     .await;
     let ns = fx.namespace("a", true).await;
-    let pods = Api::<Pod>::namespaced(fx.client.clone(), &ns);
-    let dry = PostParams {
-        dry_run: true,
-        ..Default::default()
-    };
-    cluster::poll("the webhook to inject", Duration::from_secs(30), || async {
-        let p = pods.create(&dry, &pod("probe")).await.ok()?;
-        (pull_secrets(&p) == [SECRET]).then_some(())
-    })
+    cluster::until_admitted(
+        &fx.client,
+        &ns,
+        &pod("probe"),
+        "the webhook to inject",
+        |s| s == [SECRET],
+    )
     .await;
 
     let (status, body) = cluster::poll(
@@ -908,14 +906,6 @@ fn pod(name: &str) -> Pod {
     .unwrap()
 }
 
-fn pull_secrets(p: &Pod) -> Vec<String> {
-    p.spec
-        .as_ref()
-        .and_then(|s| s.image_pull_secrets.as_ref())
-        .map(|l| l.iter().map(|r| r.name.clone()).collect())
-        .unwrap_or_default()
-}
-
 /// The webhook replaced under load the way a Deployment rollout does it: the new replica
 /// becomes ready, the old one gets SIGTERM, reports not ready and keeps serving for its
 /// `--shutdown-delay` while the "endpoints" move (here: the registration's URL, switched
@@ -945,17 +935,12 @@ async fn webhook_replaced_under_load_admits_no_pod_without_its_secret() {
     let ns = format!("{id}-a");
     cluster::create_namespace(&client, &ns, &[(LABEL, &id)]).await;
     let pods = Api::<Pod>::namespaced(client.clone(), &ns);
-    let dry = PostParams {
-        dry_run: true,
-        ..Default::default()
-    };
-    cluster::poll(
+    cluster::until_admitted(
+        &client,
+        &ns,
+        &pod("probe"),
         "the API server to call the webhook",
-        Duration::from_secs(30),
-        || async {
-            let p = pods.create(&dry, &pod("probe")).await.ok()?;
-            (!pull_secrets(&p).is_empty()).then_some(())
-        },
+        |s| !s.is_empty(),
     )
     .await;
 

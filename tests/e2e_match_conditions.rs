@@ -25,10 +25,9 @@ mod cluster;
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use chart_webhook::Render;
-use cluster::{Certs, Injector};
+use cluster::{Certs, Injector, pull_secrets};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
 use kube::api::{Api, PostParams};
@@ -277,19 +276,13 @@ impl Fixture {
         );
         self.webhooks.push(name.clone());
         cluster::create_namespace(&self.client, &name, &[(LABEL, &name)]).await;
-        let pods = Api::<Pod>::namespaced(self.client.clone(), &name);
         let probe: Pod = serde_json::from_value(probe).expect("probe pod");
-        let dry = PostParams {
-            dry_run: true,
-            ..Default::default()
-        };
-        cluster::poll(
+        cluster::until_admitted(
+            &self.client,
+            &name,
+            &probe,
             &format!("the API server to call the chart's webhook {name}"),
-            Duration::from_secs(30),
-            || async {
-                let p = pods.create(&dry, &probe).await.ok()?;
-                (!pull_secrets(&p).is_empty()).then_some(())
-            },
+            |s| !s.is_empty(),
         )
         .await;
         (name, rendered)
@@ -359,14 +352,6 @@ fn explain(config: &Path, pod: &Value) -> Vec<String> {
         .find_map(|l| l.strip_prefix("secrets: "))
         .unwrap_or_else(|| panic!("no secrets line in explain output:\n{stdout}"));
     serde_json::from_str(line).unwrap_or_else(|e| panic!("explain secrets {line:?}: {e}"))
-}
-
-fn pull_secrets(p: &Pod) -> Vec<String> {
-    p.spec
-        .as_ref()
-        .and_then(|s| s.image_pull_secrets.as_ref())
-        .map(|v| v.iter().map(|r| r.name.clone()).collect())
-        .unwrap_or_default()
 }
 
 fn images_of(p: &Pod) -> Vec<String> {

@@ -11,7 +11,7 @@ mod fixture;
 use std::path::Path;
 use std::time::Duration;
 
-use cluster::{Certs, Injector};
+use cluster::{Certs, Injector, pull_secrets};
 use k8s_openapi::api::core::v1::{LocalObjectReference, Pod, ServiceAccount};
 use kube::Client;
 use kube::api::{Api, ObjectMeta, PostParams};
@@ -77,19 +77,12 @@ impl Fixture {
     async fn labelled_namespace(&self, suffix: &str) -> String {
         let ns = format!("{}-{suffix}", self.id);
         cluster::create_namespace(&self.client, &ns, &[(LABEL, &self.id)]).await;
-        let pods = Api::<Pod>::namespaced(self.client.clone(), &ns);
-        let probe = pod("probe", &["cr.yandex/probe/app:1"]);
-        let dry = PostParams {
-            dry_run: true,
-            ..Default::default()
-        };
-        cluster::poll(
+        cluster::until_admitted(
+            &self.client,
+            &ns,
+            &pod("probe", &["cr.yandex/probe/app:1"]),
             &format!("the API server to call the webhook for namespace {ns}"),
-            Duration::from_secs(30),
-            || async {
-                let p = pods.create(&dry, &probe).await.ok()?;
-                (!pull_secrets(&p).is_empty()).then_some(())
-            },
+            |s| !s.is_empty(),
         )
         .await;
         ns
@@ -138,14 +131,6 @@ fn pod(name: &str, images: &[&str]) -> Pod {
         }
     }))
     .expect("test pod")
-}
-
-fn pull_secrets(p: &Pod) -> Vec<String> {
-    p.spec
-        .as_ref()
-        .and_then(|s| s.image_pull_secrets.as_ref())
-        .map(|l| l.iter().map(|r| r.name.clone()).collect())
-        .unwrap_or_default()
 }
 
 fn with_pull_secrets(mut p: Pod, names: &[&str]) -> Pod {

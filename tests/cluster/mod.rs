@@ -18,7 +18,7 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, WebhookClientConfig,
 };
-use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
 use kube::Client;
 use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -140,6 +140,38 @@ where
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_millis(250));
     }
+}
+
+/// The names in a Pod's `spec.imagePullSecrets`.
+pub fn pull_secrets(pod: &Pod) -> Vec<String> {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.image_pull_secrets.as_ref())
+        .map(|v| v.iter().map(|r| r.name.clone()).collect())
+        .unwrap_or_default()
+}
+
+/// Creates `pod` in `ns` as a dry run until the API server's answer (through the webhooks)
+/// carries `imagePullSecrets` that `accept` takes: a webhook just registered, a namespace just
+/// labelled or a policy just created reaches the admission chain asynchronously. At most 30 s;
+/// then panics naming `what`.
+pub async fn until_admitted(
+    client: &Client,
+    ns: &str,
+    pod: &Pod,
+    what: &str,
+    accept: impl Fn(&[String]) -> bool,
+) {
+    let pods = Api::<Pod>::namespaced(client.clone(), ns);
+    let dry = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    poll(what, Duration::from_secs(30), || async {
+        let p = pods.create(&dry, pod).await.ok()?;
+        accept(&pull_secrets(&p)).then_some(())
+    })
+    .await
 }
 
 /// A CA and a serving certificate for 127.0.0.1 made by `certs/generate.sh`.

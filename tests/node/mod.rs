@@ -210,14 +210,7 @@ pub fn pod(node: &Node, name: &str, image: &str) -> Pod {
     }
 }
 
-/// The names in `spec.imagePullSecrets`.
-pub fn pull_secrets(pod: &Pod) -> Vec<String> {
-    pod.spec
-        .as_ref()
-        .and_then(|s| s.image_pull_secrets.as_ref())
-        .map(|v| v.iter().map(|r| r.name.clone()).collect())
-        .unwrap_or_default()
-}
+pub use crate::cluster::pull_secrets;
 
 /// `reason: message` of every Event about Pod `ns/name`, oldest first.
 pub async fn events(client: &Client, ns: &str, name: &str) -> Vec<String> {

@@ -182,27 +182,14 @@ pub async fn report(config: &std::path::Path, format: &str) -> (i32, String, Str
 /// exactly the pull Secrets `want` (`[]`: the webhook is no longer called). Registrations
 /// reach the admission chain asynchronously.
 pub async fn wait_admission(client: &Client, ns: &str, pod: &Pod, want: &[&str]) {
-    let pods = Api::<Pod>::namespaced(client.clone(), ns);
-    let dry = PostParams {
-        dry_run: true,
-        ..Default::default()
-    };
-    cluster::poll(
+    cluster::until_admitted(
+        client,
+        ns,
+        pod,
         &format!("the API server to admit a Pod with pull Secrets {want:?}"),
-        std::time::Duration::from_secs(30),
-        || async {
-            let p = pods.create(&dry, pod).await.ok()?;
-            let names: Vec<String> = p
-                .spec
-                .and_then(|s| s.image_pull_secrets)
-                .unwrap_or_default()
-                .into_iter()
-                .map(|r| r.name)
-                .collect();
-            (names == want).then_some(())
-        },
+        |s| s == want,
     )
-    .await;
+    .await
 }
 
 /// A series from the injector's metrics (0 when absent).
