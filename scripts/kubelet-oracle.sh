@@ -11,8 +11,10 @@
 # k8s.io/kubernetes at the pinned version (KUBE_VERSION of control-plane.sh, or
 # PSI_KUBE_VERSION) with a replace for every staging module, and the same Go module and build
 # caches under ${XDG_CACHE_HOME:-$HOME/.cache}/pullsecret-injector/ (go/mod, go/build). The
-# binary is rebuilt when main.go, the version or the Go toolchain changes. Progress and errors
-# go to stderr, prefixed "kubelet-oracle:".
+# binary is rebuilt when main.go, this script, the version or the Go toolchain changes; the
+# upstream test files its `corpus` reads are copied beside it (bin/kubelet-oracle-vX/upstream),
+# since the Go caches are emptied after the install steps. Progress and errors go to stderr,
+# prefixed "kubelet-oracle:".
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -40,6 +42,17 @@ run_go() {
     fi
 }
 
+# The upstream tests whose literals `kubelet-oracle corpus` prints (tests/kubelet-oracle/main.go).
+KEYRING_TEST_DIR=pkg/credentialprovider
+REFERENCE_TESTS=(reference_test.go normalize_test.go regexp_test.go)
+
+# upstream_copied DIR: DIR holds every upstream test file the corpus reads.
+upstream_copied() {
+    local f
+    [[ -f $1/kubernetes/$KEYRING_TEST_DIR/keyring_test.go ]] || return 1
+    for f in "${REFERENCE_TESTS[@]}"; do [[ -f $1/reference/$f ]] || return 1; done
+}
+
 install() {
     [[ -n $KUBE_VERSION ]] || die "no KUBE_VERSION found in scripts/control-plane.sh"
     [[ -f $SRC ]] || die "$SRC is missing"
@@ -52,8 +65,9 @@ install() {
     exec {lockfd}>>"$CACHE_DIR/kubelet-oracle.lock"
     flock -w 3600 "$lockfd" || die "timed out waiting for $CACHE_DIR/kubelet-oracle.lock"
 
-    stamp="$(cat "$SRC" "$ROOT/scripts/lib/kube-module.sh" | sha256sum | cut -d' ' -f1) v$v $("$GO" version)"
-    if [[ -x $bin && -f $dest/STAMP && $(cat "$dest/STAMP") == "$stamp" ]] && "$bin" version >/dev/null 2>&1; then
+    stamp="$(cat "$SRC" "$ROOT/scripts/lib/kube-module.sh" "$ROOT/scripts/kubelet-oracle.sh" | sha256sum | cut -d' ' -f1) v$v $("$GO" version)"
+    if [[ -x $bin && -f $dest/STAMP && $(cat "$dest/STAMP") == "$stamp" ]] && "$bin" version >/dev/null 2>&1 &&
+        upstream_copied "$dest/upstream"; then
         say "cached: $bin ($("$bin" version))"
         echo "$bin"
         return 0
@@ -75,8 +89,19 @@ install() {
     kdir=$("$GO" list -mod=mod -m -f '{{.Dir}}' k8s.io/kubernetes) || die "go list -m k8s.io/kubernetes failed"
     rdir=$("$GO" list -mod=mod -m -f '{{.Dir}}' github.com/distribution/reference) || die "go list -m github.com/distribution/reference failed"
     rver=$("$GO" list -mod=mod -m -f '{{.Version}}' github.com/distribution/reference)
-    ldflags="-s -w -X main.kubernetesVersion=v$v -X main.kubernetesDir=$kdir"
-    ldflags+=" -X main.referenceVersion=$rver -X main.referenceDir=$rdir"
+    # The upstream test files that `kubelet-oracle corpus` reads, copied beside the binary: the
+    # Go module cache they come from is emptied once the tools are built (install-tools.sh
+    # trim-go), the oracle is not.
+    rm -rf "$dest/upstream"
+    mkdir -p "$dest/upstream/kubernetes/$KEYRING_TEST_DIR" "$dest/upstream/reference"
+    cp "$kdir/$KEYRING_TEST_DIR/keyring_test.go" "$dest/upstream/kubernetes/$KEYRING_TEST_DIR/" ||
+        die "no keyring_test.go in $kdir/$KEYRING_TEST_DIR"
+    for f in "${REFERENCE_TESTS[@]}"; do
+        cp "$rdir/$f" "$dest/upstream/reference/" || die "no $f in $rdir"
+    done
+    upstream_copied "$dest/upstream" || die "the upstream test files were not copied to $dest/upstream"
+    ldflags="-s -w -X main.kubernetesVersion=v$v -X main.kubernetesDir=$dest/upstream/kubernetes"
+    ldflags+=" -X main.referenceVersion=$rver -X main.referenceDir=$dest/upstream/reference"
     run_go "$log" build -mod=mod -ldflags "$ldflags" -o "$dest/.kubelet-oracle.tmp" .
     "$dest/.kubelet-oracle.tmp" version >/dev/null || die "the built oracle does not run"
     mv -f "$dest/.kubelet-oracle.tmp" "$bin"
