@@ -34,7 +34,7 @@ fi
 
 # Disk (measured 2026-12-05): a cold run peaks at ~12 GB (Go's build and module caches, ~10 GB
 # while the tools are built, are emptied once they are: scripts/install-tools.sh trim-go) and
-# leaves ~7 GB (target/ 3.2 GB, the project cache 3.5 GB, the cargo registry 0.6 GB).
+# leaves ~7 GB (target/ 2.5 GB, the project cache 3.5 GB, the cargo registry 0.6 GB).
 # Non-incremental builds: the incremental cache would add ~1-3 GB that one run never reuses.
 export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
 avail=$(free_gb .)
